@@ -26,7 +26,7 @@ def save_model(model: VGG19BN, directory: str, *, num_classes: int, width_diviso
     os.makedirs(directory, exist_ok=True)
     state = jax.tree.map(np.asarray, model_state(model))
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(os.path.join(directory, "state"), state)
+        checkpointer.save(os.path.join(directory, "state"), state, force=True)
     meta = {"architecture": "vgg19_bn", "num_classes": num_classes, "width_divisor": width_divisor,
             "provenance": provenance}
     with open(os.path.join(directory, "model.json"), "w") as f:

@@ -10,3 +10,19 @@ An example is a dict of numpy values:
   image_id:        str, unique within the dataset (the file name where there is one).
 Loaders yield examples in a fixed order, so that a resumed run sees the same images in the same batches.
 """
+
+import importlib
+
+_LOADERS = {
+    "clutter_shapes": "eval.datasets.embedded",
+    "imagenet2012": "eval.datasets.ilsvrc",
+    "caltech_birds2011": "eval.datasets.cub",
+    "folder": "eval.datasets.folder",
+}
+
+
+def load(data_config, split: str):
+    """``(iterator of examples, number of examples)`` of ``split`` of the dataset ``data_config.name``."""
+    if data_config.name not in _LOADERS:
+        raise ValueError(f"config.data.name: unknown dataset {data_config.name!r}; known: {sorted(_LOADERS)}")
+    return importlib.import_module(_LOADERS[data_config.name]).load(data_config, split)

@@ -1,0 +1,1 @@
+"""Perturbations on the perceptual ball (Law, Elliott, Russell, 2020) in JAX."""

@@ -1,0 +1,145 @@
+"""The base configuration of the main job and its validation; ``configs/*.py`` start from ``get_config``.
+
+Every field can be overridden from the command line (``--config.perturb.lam_perceptual=1000``); the config is
+locked, so a misspelt key fails. ``validate`` turns a bad value into a one-line ``ConfigError`` naming the field,
+before anything is loaded or compiled.
+"""
+
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from perturb_jax import objective, optimize
+from perturb_jax.models.vgg import NUM_RELUS
+
+EMBEDDED_CHECKPOINT = os.path.join(os.path.dirname(__file__), "assets", "clutter_shapes_vgg19bn_w8")
+TRAIN_EMBEDDED = "python -m perturb_jax.train_classifier --config=configs/classifier.py --workdir=/tmp/classifier"
+DATASETS = ("clutter_shapes", "imagenet2012", "caltech_birds2011", "folder")
+STRATEGIES = ("value", "mean", "energy")
+TARGETS = ("predicted", "ground_truth")
+EVAL_RESOLUTIONS = ("model", "original")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; the message names the field and the fix."""
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    """Defaults shared by every variant: the embedded benchmark and classifier, the authors' optimiser."""
+    c = ml_collections.ConfigDict()
+    c.batch_size = 32
+    c.num_figures = 16
+
+    c.model = ml_collections.ConfigDict()
+    c.model.checkpoint = EMBEDDED_CHECKPOINT  # our choice: shipped, made by TRAIN_EMBEDDED.
+    c.model.mean = (0.5, 0.5, 0.5)
+    c.model.std = (0.25, 0.25, 0.25)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "clutter_shapes"
+    c.data.builder_config = "default"
+    c.data.data_dir = ""  # TFDS data_dir; empty means TFDS's default (~/tensorflow_datasets).
+    c.data.manual_dir = ""
+    c.data.boxes = ""
+    c.data.folder = ""
+    c.data.image_size = 64
+    c.data.resize = "squash"
+    c.data.order = "file_name"
+    c.data.eval_resolution = "model"
+    # The tuning images pick each strategy's threshold; the evaluation images report it (never the same images).
+    c.data.tune_split = "validation[:256]"
+    c.data.eval_split = "validation[1000:1512]"
+
+    c.perturb = ml_collections.ConfigDict()
+    c.perturb.relu_layers = tuple(range(2, 14))
+    c.perturb.lam_perceptual = 1e4  # paper Sec. 3 and authors' code (gamma).
+    c.perturb.lam_pixel = 1.0  # paper Sec. 3 and authors' code (scalar).
+    c.perturb.target_margin = -2.0  # authors' code (value); the paper's "T > 0" is a typo, see objective.py.
+    c.perturb.reduction = "mean"  # authors' code (MSE); "sum" is the paper's squared norm.
+    c.perturb.target = "predicted"  # authors' code (argmax); "ground_truth" is the other choice.
+    c.perturb.optimizer = "lbfgs"  # authors' code: torch L-BFGS, no line search.
+    c.perturb.max_steps = 100  # authors' example notebook (200 is their function's default).
+    c.perturb.learning_rate = 1.0  # authors' code.
+    c.perturb.history_size = 100  # authors' code.
+    c.perturb.tolerance_grad = 1e-7  # torch L-BFGS default.
+    c.perturb.tolerance_change = 1e-9  # torch L-BFGS default.
+
+    c.saliency = ml_collections.ConfigDict()
+    c.saliency.guided = True
+    c.saliency.smoothing_sigma = 2.0  # authors' code.
+
+    c.protocol = ml_collections.ConfigDict()
+    c.protocol.strategies = STRATEGIES
+    c.protocol.largest_component = True  # paper Sec. 3; False boxes every kept pixel (Fong & Vedaldi).
+    c.protocol.value_alphas = tuple(np.round(np.arange(0, 0.951, 0.05), 2).tolist())
+    c.protocol.energy_alphas = tuple(np.round(np.arange(0, 0.951, 0.05), 2).tolist())
+    c.protocol.mean_alphas = tuple(np.round(np.arange(0, 10.01, 0.5), 2).tolist())
+    c.protocol.max_box_acc_interval = 0.01  # wsolevaluation's cam_curve_interval.
+    if variant:
+        raise ConfigError(f"config variant {variant!r} is unknown here; see the variants in configs/*.py")
+    return c
+
+
+def _fail(field: str, message: str):
+    raise ConfigError(f"config.{field}: {message}")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Checks every field the job reads; raises ``ConfigError`` with a one-line message naming the field."""
+    p = c.perturb
+    layers = tuple(p.relu_layers)
+    if not layers:
+        _fail("perturb.relu_layers", f"is empty; give ReLU numbers from 1 to {NUM_RELUS}, e.g. (5, 6, 7, 8, 9, 10)")
+    bad = [k for k in layers if not isinstance(k, int) or not 1 <= k <= NUM_RELUS]
+    if bad:
+        _fail("perturb.relu_layers", f"{bad} outside 1-{NUM_RELUS} (ReLU numbers count the 16 VGG19_bn ReLUs from 1)")
+    for field in ("lam_perceptual", "lam_pixel"):
+        if not p[field] >= 0:
+            _fail(f"perturb.{field}", f"must be >= 0, got {p[field]}")
+    for field in ("max_steps", "history_size"):
+        if not (isinstance(p[field], int) and p[field] >= 1):
+            _fail(f"perturb.{field}", f"must be an integer >= 1, got {p[field]}")
+    if not p.learning_rate > 0:
+        _fail("perturb.learning_rate", f"must be > 0, got {p.learning_rate}")
+    for field in ("tolerance_grad", "tolerance_change"):
+        if not p[field] >= 0:
+            _fail(f"perturb.{field}", f"must be >= 0, got {p[field]}")
+    _choice("perturb.reduction", p.reduction, objective.REDUCTIONS)
+    _choice("perturb.target", p.target, TARGETS)
+    _choice("perturb.optimizer", p.optimizer, optimize.OPTIMIZERS)
+    if not c.saliency.smoothing_sigma >= 0:
+        _fail("saliency.smoothing_sigma", f"must be >= 0, got {c.saliency.smoothing_sigma}")
+
+    pr = c.protocol
+    if not pr.strategies or any(s not in STRATEGIES for s in pr.strategies):
+        _fail("protocol.strategies", f"must be a non-empty subset of {STRATEGIES}, got {tuple(pr.strategies)}")
+    for strategy, upper in (("value", 1.0), ("energy", 1.0), ("mean", None)):
+        alphas = tuple(pr[f"{strategy}_alphas"])
+        if not alphas or any(not a >= 0 or (upper is not None and a > upper) for a in alphas):
+            bound = f"in [0, {upper}]" if upper is not None else ">= 0"
+            _fail(f"protocol.{strategy}_alphas", f"every alpha must be {bound}, got {alphas}")
+    if not 0 < pr.max_box_acc_interval < 1:
+        _fail("protocol.max_box_acc_interval", f"must be in (0, 1), got {pr.max_box_acc_interval}")
+
+    d = c.data
+    _choice("data.name", d.name, DATASETS)
+    _choice("data.eval_resolution", d.eval_resolution, EVAL_RESOLUTIONS)
+    if d.image_size < 32:
+        _fail("data.image_size", f"must be >= 32 (VGG19_bn halves it five times), got {d.image_size}")
+    if len(c.model.mean) != 3 or len(c.model.std) != 3 or min(c.model.std) <= 0:
+        _fail("model.std", "model.mean and model.std need three values each, std > 0")
+    if not c.model.checkpoint:
+        _fail("model.checkpoint", "is empty; give the directory of an Orbax checkpoint "
+              "(python -m perturb_jax.convert_weights makes one from torchvision weights)")
+    devices = jax.device_count()
+    if c.batch_size < 1 or c.batch_size % devices:
+        _fail("batch_size", f"{c.batch_size} does not divide over the {devices} devices; use a multiple of {devices}")
+    if c.num_figures < 0:
+        _fail("num_figures", f"must be >= 0, got {c.num_figures}")
+
+
+def _choice(field: str, value, choices):
+    if value not in choices:
+        _fail(field, f"must be one of {choices}, got {value!r}")

@@ -1,0 +1,152 @@
+"""The main job: explain the tuning and evaluation images, store maps per batch, score them, write the report.
+
+``explain_and_evaluate(config, workdir)`` is what ``python -m perturb_jax.main`` calls. Work is stored batch by batch
+(``results_store``); a second run on the same workdir skips finished batches, so an interrupted run resumes and
+gives identical numbers. The batch is sharded over every device along a one-axis mesh.
+"""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+import eval.datasets
+from perturb_jax import checkpoint, config as config_lib, perturb, report, results_store, scoring
+
+SPLITS = ("tune", "eval")
+# Fields that do not change any stored number: a run may resume with other values of these.
+_NOT_IN_FINGERPRINT = ("num_figures",)
+
+
+def prepare_workdir(workdir: str) -> None:
+    """Creates ``workdir`` and proves it writable now, not after the work."""
+    try:
+        os.makedirs(os.path.join(workdir, "maps"), exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise config_lib.ConfigError(f"--workdir {workdir} cannot be written ({e.strerror}); choose another") from e
+
+
+def check_fingerprint(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Stores the config in the workdir; a resumed run must have the same results-relevant fields."""
+    fields = json.loads(config.to_json_best_effort())
+    for key in _NOT_IN_FINGERPRINT:
+        fields.pop(key, None)
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if stored != fields:
+            diff = sorted(_diff_keys(stored, fields))
+            raise config_lib.ConfigError(f"--workdir {workdir} holds a run with another config (differs in "
+                                         f"{', '.join(diff)}); use a new --workdir or the same config")
+    else:
+        with open(path, "w") as f:
+            json.dump(fields, f, indent=2, sort_keys=True)
+
+
+def _diff_keys(a, b, prefix=""):
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            yield from _diff_keys(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            yield prefix + key
+
+
+def normalise(images: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
+    mean = np.asarray(config.model.mean, np.float32)
+    std = np.asarray(config.model.std, np.float32)
+    return (images.astype(np.float32) / 255.0 - mean) / std
+
+
+def _batches(examples, batch_size: int):
+    """Groups good examples into batches; records that failed to load travel with the batch they fell in."""
+    batch, skipped = [], []
+    for ex in examples:
+        if "error" in ex:
+            skipped.append(ex)
+            continue
+        batch.append(ex)
+        if len(batch) == batch_size:
+            yield batch, skipped
+            batch, skipped = [], []
+    if batch or skipped:
+        yield batch, skipped
+
+
+def _explain_one_batch(explain_fn, state, batch, config, sharding) -> dict:
+    n = len(batch)
+    pad = config.batch_size - n
+    images = np.stack([ex["image"] for ex in batch] + [batch[-1]["image"]] * pad)
+    labels = np.array([ex["label"] for ex in batch] + [batch[-1]["label"]] * pad, np.int32)
+    out = explain_fn(state, jax.device_put(normalise(images, config), sharding),
+                     jax.device_put(np.maximum(labels, 0), sharding))
+    out = {k: np.asarray(v)[:n] for k, v in out.items()}
+    out.update(
+        image_id=np.array([ex["image_id"] for ex in batch]), label=labels[:n],
+        boxes=results_store.pad_boxes([ex["boxes"] for ex in batch]),
+        boxes_original=results_store.pad_boxes([ex["boxes_original"] for ex in batch]),
+        original_size=np.array([ex["original_size"] for ex in batch], np.int32))
+    return out
+
+
+def explain_split(config, workdir: str, split_name: str, explain_fn, state, sharding, progress) -> None:
+    """Explains every image of one split, batch by batch, skipping the batches already stored."""
+    split = config.data.tune_split if split_name == "tune" else config.data.eval_split
+    examples, _ = eval.datasets.load(config.data, split)
+    for index, (batch, skipped) in enumerate(_batches(examples, config.batch_size)):
+        path = results_store.batch_path(workdir, split_name, index)
+        if not os.path.exists(path):
+            out = _explain_one_batch(explain_fn, state, batch, config, sharding) if batch else {}
+            out["skipped_id"] = np.array([ex["image_id"] for ex in skipped], dtype=str)
+            out["skipped_reason"] = np.array([ex["error"] for ex in skipped], dtype=str)
+            if index < 1 and split_name == "eval":
+                out["images"] = np.stack([ex["image"] for ex in batch[: config.num_figures]])
+            failed = int(out.get("failed", np.zeros(0)).sum())
+            if failed or skipped:
+                logging.warning("%s batch %d: %d images failed (non-finite loss), %d skipped", split_name, index,
+                                failed, len(skipped))
+            results_store.write_batch(path, out)
+        progress.update(len(batch) + len(skipped))
+
+
+def explain_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs the whole job; returns the summary that ``results.json`` holds."""
+    config_lib.validate(config)
+    prepare_workdir(workdir)
+    check_fingerprint(config, workdir)
+    model = checkpoint.load_model(config.model.checkpoint, how_to_make=_how_to_make(config))
+    graphdef, state = nnx.split(model)
+    explain_fn = perturb.make_explain_fn(graphdef, perturb.Settings.from_config(config))
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    sharding = NamedSharding(mesh, P("data"))
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+
+    totals = {name: eval.datasets.load(config.data, split)[1]
+              for name, split in zip(SPLITS, (config.data.tune_split, config.data.eval_split))}
+    with tqdm(total=sum(totals.values()), desc="explaining", unit="img", dynamic_ncols=True) as progress:
+        for split_name in SPLITS:
+            explain_split(config, workdir, split_name, explain_fn, state, sharding, progress)
+
+    tune, evaluation = (results_store.read_split(workdir, name) for name in SPLITS)
+    summary, per_image = scoring.score(config, tune, evaluation)
+    report.write_all(workdir, config, summary, per_image, evaluation)
+    return summary
+
+
+def _how_to_make(config) -> str:
+    if config.model.checkpoint == config_lib.EMBEDDED_CHECKPOINT:
+        return config_lib.TRAIN_EMBEDDED + f" --config.export_dir={config_lib.EMBEDDED_CHECKPOINT}"
+    return "python -m perturb_jax.convert_weights --torch_checkpoint=vgg19_bn-c79401a0.pth --out=" + \
+        config.model.checkpoint
+

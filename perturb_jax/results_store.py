@@ -1,0 +1,49 @@
+"""Per-batch result files of the main job: written atomically, so an interrupted run resumes after the last one."""
+
+import glob
+import os
+
+import numpy as np
+
+MAX_BOXES_FILL = -1
+
+
+def batch_path(workdir: str, split_name: str, index: int) -> str:
+    return os.path.join(workdir, "maps", f"{split_name}_{index:05d}.npz")
+
+
+def pad_boxes(boxes: list[np.ndarray]) -> np.ndarray:
+    """A list of (n_i, 4) boxes as one (len, max n_i, 4) array padded with -1."""
+    n = max([len(b) for b in boxes] + [1])
+    out = np.full((len(boxes), n, 4), MAX_BOXES_FILL, np.int32)
+    for i, b in enumerate(boxes):
+        out[i, : len(b)] = b
+    return out
+
+
+def unpad_boxes(padded: np.ndarray) -> list[np.ndarray]:
+    return [b[b[:, 0] != MAX_BOXES_FILL] for b in padded]
+
+
+def write_batch(path: str, arrays: dict) -> None:
+    """``np.savez`` to a temporary name, then an atomic rename."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def read_split(workdir: str, split_name: str) -> dict[str, np.ndarray | list]:
+    """Concatenates every batch file of a split in order; boxes come back as lists of (n, 4) arrays."""
+    paths = sorted(glob.glob(os.path.join(workdir, "maps", f"{split_name}_[0-9]*.npz")))
+    parts = [dict(np.load(p, allow_pickle=False)) for p in paths]
+    if not parts:
+        return {}
+    out = {}
+    for key in dict.fromkeys(k for p in parts for k in p):  # a batch of only unreadable images has fewer keys.
+        arrays = [p[key] for p in parts if key in p]
+        if key in ("boxes", "boxes_original"):
+            out[key] = [b for a in arrays for b in unpad_boxes(a)]
+        else:
+            out[key] = np.concatenate(arrays)
+    return out

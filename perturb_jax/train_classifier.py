@@ -1,0 +1,170 @@
+"""Trains the classifier under explanation on the embedded benchmark (``configs/classifier.py``).
+
+``update_fn`` is a jitted pure function over plain pytrees (parameters, batch statistics, optimiser state), data
+parallel over every device by sharding the batch over a one-axis ``Mesh``. The run checkpoints each epoch with
+Orbax and resumes from the last one; a non-finite loss stops it with the step where it happened.
+"""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ml_collections import config_flags
+
+from eval.datasets import embedded
+from perturb_jax import checkpoint
+from perturb_jax.models.vgg import VGG19BN
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.num_classes = 10
+    c.width_divisor = 8
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "clutter_shapes"
+    c.data.builder_config = "default"
+    c.data.data_dir = ""
+    c.mean = (0.5, 0.5, 0.5)
+    c.std = (0.25, 0.25, 0.25)
+    c.batch_size = 128
+    c.num_epochs = 5
+    c.learning_rate = 2e-3
+    c.weight_decay = 1e-4
+    c.warmup_steps = 200
+    c.export_dir = ""  # where the final model goes (default: WORKDIR/model).
+    if variant == "tiny":
+        c.data.builder_config = "tiny"
+        c.batch_size = 16
+        c.num_epochs = 1
+        c.warmup_steps = 1
+    elif variant:
+        raise ValueError(f"unknown classifier config variant {variant!r}; known: '', 'tiny'")
+    return c
+
+
+def make_update_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
+    """``update_fn(params, batch_stats, rng, opt_state, images, labels) -> (same..., metrics)``, jitted.
+
+    ``params`` and ``batch_stats`` are plain nested dicts; ``rng`` is the dropout's NNX random state.
+    """
+
+    def update_fn(params, batch_stats, rng, opt_state, images, labels):
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, batch_stats, rng)
+            logits, _ = model(images, train=True)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            new_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+            return loss, (logits, new_stats, nnx.state(model, nnx.RngState))
+
+        (loss, (logits, batch_stats, rng)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = dict(loss=loss, accuracy=(logits.argmax(-1) == labels).mean(), grad_norm=optax.global_norm(grads))
+        return params, batch_stats, rng, opt_state, metrics
+
+    return jax.jit(update_fn, donate_argnums=(0, 1, 3))
+
+
+def normalise(images: np.ndarray, mean, std) -> np.ndarray:
+    return (images.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def accuracy(model: VGG19BN, data_config, split: str, mean, std, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` (inference mode) on a whole split."""
+    graphdef, state = nnx.split(model)
+    predict = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)[0].argmax(-1))
+    correct = total = 0
+    for images, labels in embedded.tf_dataset(data_config, split, batch_size).as_numpy_iterator():
+        correct += int((np.asarray(predict(state, normalise(images, mean, std))) == labels).sum())
+        total += len(labels)
+    return correct / total
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains, checkpoints every epoch (resuming from the last), exports the model, returns final metrics."""
+    os.makedirs(workdir, exist_ok=True)
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    if config.batch_size % jax.device_count():
+        raise ValueError(f"config.batch_size: {config.batch_size} does not divide over {jax.device_count()} devices")
+    model = VGG19BN(config.num_classes, config.width_divisor, rngs=nnx.Rngs(config.seed))
+    graphdef, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, nnx.RngState)
+    params, batch_stats = nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats)
+    _, num_train = embedded.load(config.data, "train")
+    steps_per_epoch = num_train // config.batch_size
+    total_steps = steps_per_epoch * config.num_epochs
+    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps, total_steps)
+    tx = optax.adamw(schedule, weight_decay=config.weight_decay)
+    opt_state = tx.init(params)
+    update_fn = make_update_fn(graphdef, tx)
+
+    manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                                    options=ocp.CheckpointManagerOptions(max_to_keep=2))
+    train_state = dict(params=params, batch_stats=batch_stats, opt_state=opt_state)
+    start_epoch = 0
+    if manager.latest_step() is not None:
+        start_epoch = manager.latest_step()
+        train_state = manager.restore(start_epoch, args=ocp.args.StandardRestore(train_state))
+        logging.info("resumed from epoch %d", start_epoch)
+    # Dropout keys are not checkpointed: each epoch draws them from (seed, epoch), so a resumed run repeats them.
+    batch_sharding = NamedSharding(mesh, P("data"))
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    for epoch in range(start_epoch, config.num_epochs):
+        t0, sums = time.time(), dict(loss=0.0, accuracy=0.0)
+        ds = embedded.tf_dataset(config.data, "train", config.batch_size, shuffle_seed=config.seed + epoch)
+        rng = nnx.state(VGG19BN(config.num_classes, config.width_divisor, rngs=nnx.Rngs(config.seed + epoch)),
+                        nnx.RngState)
+        for step, (images, labels) in enumerate(ds.take(steps_per_epoch).as_numpy_iterator()):
+            images = jax.device_put(normalise(images, config.mean, config.std), batch_sharding)
+            labels = jax.device_put(labels.astype(np.int32), batch_sharding)
+            params, batch_stats, rng, opt_state, metrics = update_fn(
+                train_state["params"], train_state["batch_stats"], rng, train_state["opt_state"], images, labels)
+            train_state = dict(params=params, batch_stats=batch_stats, opt_state=opt_state)
+            loss = float(metrics["loss"])
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}; lower config.learning_rate")
+            sums["loss"] += loss
+            sums["accuracy"] += float(metrics["accuracy"])
+        record = dict(epoch=epoch + 1, seconds=round(time.time() - t0, 1),
+                      **{k: v / steps_per_epoch for k, v in sums.items()})
+        logging.info("epoch %s", record)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        manager.save(epoch + 1, args=ocp.args.StandardSave(train_state))
+    manager.wait_until_finished()
+
+    model = nnx.merge(graphdef, train_state["params"], train_state["batch_stats"], nnx.state(model, nnx.RngState))
+    val_accuracy = accuracy(model, config.data, "validation", config.mean, config.std)
+    export_dir = config.export_dir or os.path.join(workdir, "model")
+    provenance = (f"python -m perturb_jax.train_classifier --config=configs/classifier.py; seed {config.seed}, "
+                  f"{config.num_epochs} epochs; validation accuracy {val_accuracy:.4f}")
+    checkpoint.save_model(model, export_dir, num_classes=config.num_classes, width_divisor=config.width_divisor,
+                          provenance=provenance)
+    result = dict(validation_accuracy=val_accuracy, export_dir=export_dir)
+    with open(os.path.join(workdir, "result.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    logging.info("%s", result)
+    return result
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Classifier config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+
+
+def main(argv):
+    del argv
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)
