@@ -50,8 +50,7 @@ def load_model(directory: str, how_to_make: str = "") -> VGG19BN:
     except Exception as e:  # noqa: BLE001 - any failure to read is reported with the path and the fix.
         raise CheckpointError(f"checkpoint {directory} is corrupt or incompatible ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}){hint}") from e
-    model = VGG19BN(meta["num_classes"], meta["width_divisor"], rngs=nnx.Rngs(0))
-    state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
+    # Filled from the abstract model: building a real one would run (and compile) every random initialiser.
+    graphdef, state = nnx.split(abstract)
     nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, restored))
-    nnx.update(model, state)
-    return model
+    return nnx.merge(graphdef, state)

@@ -6,6 +6,7 @@ before anything is loaded or compiled.
 """
 
 import os
+import re
 
 import jax
 import ml_collections
@@ -77,9 +78,49 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.protocol.energy_alphas = tuple(np.round(np.arange(0, 0.951, 0.05), 2).tolist())
     c.protocol.mean_alphas = tuple(np.round(np.arange(0, 10.01, 0.5), 2).tolist())
     c.protocol.max_box_acc_interval = 0.01  # wsolevaluation's cam_curve_interval.
-    if variant:
-        raise ConfigError(f"config variant {variant!r} is unknown here; see the variants in configs/*.py")
+    if variant not in VARIANTS:
+        raise ConfigError(f"config variant {variant!r} is unknown; known: {sorted(VARIANTS)}")
+    VARIANTS[variant](c)
     return c
+
+
+def _imagenet(c: ml_collections.ConfigDict) -> None:
+    """The paper's Table 1: torchvision VGG19_bn, the first 1000 ImageNet validation images, squash to 224."""
+    c.model.checkpoint = ""  # required: python -m perturb_jax.convert_weights writes it.
+    c.model.mean, c.model.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    c.data.name = "imagenet2012"
+    c.data.image_size = 224
+    c.data.eval_split = "validation[:1000]"  # paper Sec. 3, ordered by file name.
+    c.data.tune_split = "validation[1000:1500]"  # our choice: disjoint held-out images for the thresholds.
+
+
+def _cub(c: ml_collections.ConfigDict) -> None:
+    """CUB-200-2011 with a VGG19_bn fine-tuned on it (the user's checkpoint); thresholds tuned on training images."""
+    _imagenet(c)
+    c.data.name = "caltech_birds2011"
+    c.data.tune_split = "train[:500]"
+    c.data.eval_split = "test"
+
+
+def _folder(c: ml_collections.ConfigDict) -> None:
+    """The user's photos (``--config.data.folder``), ImageNet VGG19_bn; no tuning split (see ``README``)."""
+    _imagenet(c)
+    c.data.name = "folder"
+    c.data.tune_split = ""
+    c.data.eval_split = "all"
+
+
+def _tiny(c: ml_collections.ConfigDict) -> None:
+    """A few images of the small ``tiny`` builder config and few steps: the smoke test of the whole job."""
+    c.data.builder_config = "tiny"
+    c.data.tune_split = "validation[:6]"
+    c.data.eval_split = "validation[6:16]"
+    c.batch_size = 4
+    c.perturb.max_steps = 5
+    c.num_figures = 4
+
+
+VARIANTS = {"": lambda c: None, "imagenet": _imagenet, "cub": _cub, "folder": _folder, "tiny": _tiny}
 
 
 def _fail(field: str, message: str):
@@ -130,6 +171,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("data.image_size", f"must be >= 32 (VGG19_bn halves it five times), got {d.image_size}")
     if len(c.model.mean) != 3 or len(c.model.std) != 3 or min(c.model.std) <= 0:
         _fail("model.std", "model.mean and model.std need three values each, std > 0")
+    if d.name == "folder" and not d.folder:
+        _fail("data.folder", "is empty; give the folder of images (JPEG, PNG; optional Pascal-VOC .xml beside each)")
+    if d.name == "imagenet2012" and not (d.manual_dir and d.boxes):
+        _fail("data.manual_dir" if not d.manual_dir else "data.boxes",
+              "is empty; ImageNet needs --config.data.manual_dir=DIR holding ILSVRC2012_img_val.tar and "
+              "--config.data.boxes=ILSVRC2012_bbox_val_v3.tgz, a folder of its XMLs, or LOC_val_solution.csv")
+    if not d.eval_split:
+        _fail("data.eval_split", "is empty; name the images to explain, e.g. validation[:1000]")
+    _check_disjoint(d.tune_split, d.eval_split)
     if not c.model.checkpoint:
         _fail("model.checkpoint", "is empty; give the directory of an Orbax checkpoint "
               "(python -m perturb_jax.convert_weights makes one from torchvision weights)")
@@ -138,6 +188,28 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("batch_size", f"{c.batch_size} does not divide over the {devices} devices; use a multiple of {devices}")
     if c.num_figures < 0:
         _fail("num_figures", f"must be >= 0, got {c.num_figures}")
+
+
+def _slice(split: str) -> tuple[str, int | None, int | None] | None:
+    """'validation[1000:1512]' -> ('validation', 1000, 1512); None for what is not a plain integer slice."""
+    m = re.fullmatch(r"(\w+)(?:\[(-?\d*):(-?\d*)\])?", split.strip())
+    if not m:
+        return None
+    start, stop = (int(v) if v else None for v in m.group(2, 3))
+    if (start or 0) < 0 or (stop or 0) < 0:
+        return None
+    return m.group(1), start, stop
+
+
+def _check_disjoint(tune: str, evaluation: str) -> None:
+    """The tuning images must not be the evaluation images (checked where both are integer slices of one split)."""
+    a, b = _slice(tune) if tune else None, _slice(evaluation)
+    if not a or not b or a[0] != b[0]:
+        return
+    lo, hi = max(a[1] or 0, b[1] or 0), min(a[2] or 1 << 62, b[2] or 1 << 62)
+    if lo < hi:
+        _fail("data.tune_split", f"{tune!r} overlaps data.eval_split {evaluation!r}: thresholds would be tuned on "
+              "the images they are reported on; choose disjoint slices")
 
 
 def _choice(field: str, value, choices):

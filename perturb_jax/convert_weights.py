@@ -195,17 +195,22 @@ def convert_file(path: str, out: str, num_classes: Optional[int] = None, width_d
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("torch_checkpoint", None, "torchvision vgg19_bn state_dict: .pth (needs torch), .npz or "
-                    ".safetensors")
-flags.DEFINE_string("out", None, "output checkpoint directory")
-flags.DEFINE_integer("num_classes", None, "number of classes; inferred from classifier.6.weight when not given")
-flags.DEFINE_integer("width_divisor", None, "width divisor; inferred from features.0.weight when not given")
-flags.mark_flags_as_required(["torch_checkpoint", "out"])
+
+
+def define_flags():
+    """The command line's flags; defined only when run as a program, so other CLIs may import this module."""
+    flags.DEFINE_string("torch_checkpoint", None, "torchvision vgg19_bn state_dict: .pth (needs torch), .npz or "
+                        ".safetensors")
+    flags.DEFINE_string("out", None, "output checkpoint directory")
+    flags.DEFINE_integer("num_classes", None, "number of classes; inferred from classifier.6.weight when not given")
+    flags.DEFINE_integer("width_divisor", None, "width divisor; inferred from features.0.weight when not given")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.torch_checkpoint or not FLAGS.out:
+        raise app.UsageError("--torch_checkpoint and --out are required")
     try:
         num_classes, width_divisor = convert_file(FLAGS.torch_checkpoint, FLAGS.out, FLAGS.num_classes,
                                                   FLAGS.width_divisor)
@@ -215,4 +220,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

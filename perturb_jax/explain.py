@@ -13,11 +13,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 import eval.datasets
-from perturb_jax import checkpoint, config as config_lib, perturb, report, results_store, scoring
+from perturb_jax import checkpoint, config as config_lib, perturb, report, results_store, scoring, sharding
 
 SPLITS = ("tune", "eval")
 # Fields that do not change any stored number: a run may resume with other values of these.
@@ -84,13 +83,13 @@ def _batches(examples, batch_size: int):
         yield batch, skipped
 
 
-def _explain_one_batch(explain_fn, state, batch, config, sharding) -> dict:
+def _explain_one_batch(explain_fn, state, batch, config, batch_sharding) -> dict:
     n = len(batch)
     pad = config.batch_size - n
     images = np.stack([ex["image"] for ex in batch] + [batch[-1]["image"]] * pad)
     labels = np.array([ex["label"] for ex in batch] + [batch[-1]["label"]] * pad, np.int32)
-    out = explain_fn(state, jax.device_put(normalise(images, config), sharding),
-                     jax.device_put(np.maximum(labels, 0), sharding))
+    out = explain_fn(state, jax.device_put(normalise(images, config), batch_sharding),
+                     jax.device_put(np.maximum(labels, 0), batch_sharding))
     out = {k: np.asarray(v)[:n] for k, v in out.items()}
     out.update(
         image_id=np.array([ex["image_id"] for ex in batch]), label=labels[:n],
@@ -100,17 +99,17 @@ def _explain_one_batch(explain_fn, state, batch, config, sharding) -> dict:
     return out
 
 
-def explain_split(config, workdir: str, split_name: str, explain_fn, state, sharding, progress) -> None:
+def explain_split(config, workdir: str, split_name: str, split: str, explain_fn, state, batch_sharding,
+                  progress) -> None:
     """Explains every image of one split, batch by batch, skipping the batches already stored."""
-    split = config.data.tune_split if split_name == "tune" else config.data.eval_split
     examples, _ = eval.datasets.load(config.data, split)
     for index, (batch, skipped) in enumerate(_batches(examples, config.batch_size)):
         path = results_store.batch_path(workdir, split_name, index)
         if not os.path.exists(path):
-            out = _explain_one_batch(explain_fn, state, batch, config, sharding) if batch else {}
+            out = _explain_one_batch(explain_fn, state, batch, config, batch_sharding) if batch else {}
             out["skipped_id"] = np.array([ex["image_id"] for ex in skipped], dtype=str)
             out["skipped_reason"] = np.array([ex["error"] for ex in skipped], dtype=str)
-            if index < 1 and split_name == "eval":
+            if index < 1 and split_name == "eval" and batch[: config.num_figures]:
                 out["images"] = np.stack([ex["image"] for ex in batch[: config.num_figures]])
             failed = int(out.get("failed", np.zeros(0)).sum())
             if failed or skipped:
@@ -125,18 +124,17 @@ def explain_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
     config_lib.validate(config)
     prepare_workdir(workdir)
     check_fingerprint(config, workdir)
+    splits = {name: split for name, split in zip(SPLITS, (config.data.tune_split, config.data.eval_split)) if split}
+    total = sum(eval.datasets.load(config.data, split)[1] for split in splits.values())  # missing data fails here
     model = checkpoint.load_model(config.model.checkpoint, how_to_make=_how_to_make(config))
     graphdef, state = nnx.split(model)
     explain_fn = perturb.make_explain_fn(graphdef, perturb.Settings.from_config(config))
-    mesh = jax.make_mesh((jax.device_count(),), ("data",))
-    sharding = NamedSharding(mesh, P("data"))
-    state = jax.device_put(state, NamedSharding(mesh, P()))
+    batch_sharding, replicated = sharding.data_parallel()
+    state = jax.device_put(state, replicated)
 
-    totals = {name: eval.datasets.load(config.data, split)[1]
-              for name, split in zip(SPLITS, (config.data.tune_split, config.data.eval_split))}
-    with tqdm(total=sum(totals.values()), desc="explaining", unit="img", dynamic_ncols=True) as progress:
-        for split_name in SPLITS:
-            explain_split(config, workdir, split_name, explain_fn, state, sharding, progress)
+    with tqdm(total=total, desc="explaining", unit="img", dynamic_ncols=True) as progress:
+        for split_name, split in splits.items():
+            explain_split(config, workdir, split_name, split, explain_fn, state, batch_sharding, progress)
 
     tune, evaluation = (results_store.read_split(workdir, name) for name in SPLITS)
     summary, per_image = scoring.score(config, tune, evaluation)

@@ -6,6 +6,7 @@ hands the config and the workdir to ``explain.explain_and_evaluate``. Any field 
 ``--config.perturb.lam_perceptual=1000``; a misspelt field is an error.
 """
 
+import ast
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -22,6 +23,18 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for maps, results and
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv):
+    """absl's parsing, with a misspelt or ill-typed config field reported in one line instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
+        text = str(e)
+        if text[:1] in "'\"":  # config_flags wraps a KeyError's repr in an AttributeError
+            text = ast.literal_eval(text)
+        message = " ".join(text.split())
+        raise SystemExit(f"error: bad flag or config field: {message}") from None
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -32,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

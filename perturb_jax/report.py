@@ -92,6 +92,9 @@ def write_all(workdir: str, config, summary: dict, per_image: list[dict], evalua
             writer.writerows(per_image)
     with open(os.path.join(workdir, "table.md"), "w") as f:
         f.write(markdown_table(summary, config.protocol.strategies))
+    figure_path = os.path.join(workdir, "figure.png")
+    if os.path.exists(figure_path):
+        os.remove(figure_path)  # a resumed run with num_figures = 0 must not leave an old figure behind
     if config.num_figures and "images" in evaluation:
         images = evaluation["images"][: config.num_figures]
         strategy = summary.get("localisation_error", {}).get(scoring.method_name(config), {}).get(
@@ -99,6 +102,6 @@ def write_all(workdir: str, config, summary: dict, per_image: list[dict], evalua
         rows = [r for r in per_image if r["split"] == "eval"][: len(images)]
         preds = [[int(v) for v in r[f"{strategy}_box"].split()] for r in rows]
         scale = max(1, 192 // images.shape[1])
-        skio.imsave(os.path.join(workdir, "figure.png"),
+        skio.imsave(figure_path,
                     figure(images, evaluation["saliency"][: len(images)], evaluation["boxes"][: len(images)], preds,
                            scale), check_contrast=False)

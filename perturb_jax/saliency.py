@@ -55,4 +55,5 @@ def guided(perturbation: jax.Array, grad: jax.Array) -> jax.Array:
     gives the same boxes (the thresholds are scale-invariant); what matters is the per-pixel reduction.
     """
     g = jnp.sqrt(jnp.sum(jnp.square(grad), axis=-1))
-    return perturbation * g / jnp.maximum(g.max(), jnp.finfo(g.dtype).tiny)
+    g_max = g.max(axis=(-2, -1), keepdims=True)  # per image, also for a batch (..., H, W)
+    return perturbation * g / jnp.maximum(g_max, jnp.finfo(g.dtype).tiny)

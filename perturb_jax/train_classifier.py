@@ -17,62 +17,32 @@ import optax
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from eval.datasets import embedded
-from perturb_jax import checkpoint
+from perturb_jax import checkpoint, sharding
 from perturb_jax.models.vgg import VGG19BN
 
 
-def get_config(variant: str = "") -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.num_classes = 10
-    c.width_divisor = 8
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "clutter_shapes"
-    c.data.builder_config = "default"
-    c.data.data_dir = ""
-    c.mean = (0.5, 0.5, 0.5)
-    c.std = (0.25, 0.25, 0.25)
-    c.batch_size = 128
-    c.num_epochs = 5
-    c.learning_rate = 2e-3
-    c.weight_decay = 1e-4
-    c.warmup_steps = 200
-    c.export_dir = ""  # where the final model goes (default: WORKDIR/model).
-    if variant == "tiny":
-        c.data.builder_config = "tiny"
-        c.batch_size = 16
-        c.num_epochs = 1
-        c.warmup_steps = 1
-    elif variant:
-        raise ValueError(f"unknown classifier config variant {variant!r}; known: '', 'tiny'")
-    return c
-
-
 def make_update_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
-    """``update_fn(params, batch_stats, rng, opt_state, images, labels) -> (same..., metrics)``, jitted.
-
-    ``params`` and ``batch_stats`` are plain nested dicts; ``rng`` is the dropout's NNX random state.
+    """``update_fn(params, batch_stats, opt_state, images, labels, key) -> (params, batch_stats, opt_state,
+    metrics)``, jitted; ``params`` and ``batch_stats`` are plain nested dicts, ``key`` seeds this step's dropout.
     """
 
-    def update_fn(params, batch_stats, rng, opt_state, images, labels):
+    def update_fn(params, batch_stats, opt_state, images, labels, key):
         def loss_fn(params):
-            model = nnx.merge(graphdef, params, batch_stats, rng)
-            logits, _ = model(images, train=True)
+            model = nnx.merge(graphdef, params, batch_stats)
+            logits, _ = model(images, train=True, rngs=nnx.Rngs(dropout=key))
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            new_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-            return loss, (logits, new_stats, nnx.state(model, nnx.RngState))
+            return loss, (logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
 
-        (loss, (logits, batch_stats, rng)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics = dict(loss=loss, accuracy=(logits.argmax(-1) == labels).mean(), grad_norm=optax.global_norm(grads))
-        return params, batch_stats, rng, opt_state, metrics
+        return params, batch_stats, opt_state, metrics
 
-    return jax.jit(update_fn, donate_argnums=(0, 1, 3))
+    return jax.jit(update_fn, donate_argnums=(0, 1, 2))
 
 
 def normalise(images: np.ndarray, mean, std) -> np.ndarray:
@@ -93,11 +63,10 @@ def accuracy(model: VGG19BN, data_config, split: str, mean, std, batch_size: int
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains, checkpoints every epoch (resuming from the last), exports the model, returns final metrics."""
     os.makedirs(workdir, exist_ok=True)
-    mesh = jax.make_mesh((jax.device_count(),), ("data",))
     if config.batch_size % jax.device_count():
         raise ValueError(f"config.batch_size: {config.batch_size} does not divide over {jax.device_count()} devices")
     model = VGG19BN(config.num_classes, config.width_divisor, rngs=nnx.Rngs(config.seed))
-    graphdef, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, nnx.RngState)
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     params, batch_stats = nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats)
     _, num_train = embedded.load(config.data, "train")
     steps_per_epoch = num_train // config.batch_size
@@ -115,19 +84,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         start_epoch = manager.latest_step()
         train_state = manager.restore(start_epoch, args=ocp.args.StandardRestore(train_state))
         logging.info("resumed from epoch %d", start_epoch)
-    # Dropout keys are not checkpointed: each epoch draws them from (seed, epoch), so a resumed run repeats them.
-    batch_sharding = NamedSharding(mesh, P("data"))
+    # Dropout keys are drawn from (seed, step): a resumed run repeats them.
+    dropout_key = jax.random.key(config.seed)
+    batch_sharding, _ = sharding.data_parallel()
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     for epoch in range(start_epoch, config.num_epochs):
         t0, sums = time.time(), dict(loss=0.0, accuracy=0.0)
         ds = embedded.tf_dataset(config.data, "train", config.batch_size, shuffle_seed=config.seed + epoch)
-        rng = nnx.state(VGG19BN(config.num_classes, config.width_divisor, rngs=nnx.Rngs(config.seed + epoch)),
-                        nnx.RngState)
         for step, (images, labels) in enumerate(ds.take(steps_per_epoch).as_numpy_iterator()):
             images = jax.device_put(normalise(images, config.mean, config.std), batch_sharding)
             labels = jax.device_put(labels.astype(np.int32), batch_sharding)
-            params, batch_stats, rng, opt_state, metrics = update_fn(
-                train_state["params"], train_state["batch_stats"], rng, train_state["opt_state"], images, labels)
+            params, batch_stats, opt_state, metrics = update_fn(
+                train_state["params"], train_state["batch_stats"], train_state["opt_state"], images, labels,
+                jax.random.fold_in(dropout_key, epoch * steps_per_epoch + step))
             train_state = dict(params=params, batch_stats=batch_stats, opt_state=opt_state)
             loss = float(metrics["loss"])
             if not np.isfinite(loss):
@@ -142,7 +111,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         manager.save(epoch + 1, args=ocp.args.StandardSave(train_state))
     manager.wait_until_finished()
 
-    model = nnx.merge(graphdef, train_state["params"], train_state["batch_stats"], nnx.state(model, nnx.RngState))
+    model = nnx.merge(graphdef, train_state["params"], train_state["batch_stats"])
     val_accuracy = accuracy(model, config.data, "validation", config.mean, config.std)
     export_dir = config.export_dir or os.path.join(workdir, "model")
     provenance = (f"python -m perturb_jax.train_classifier --config=configs/classifier.py; seed {config.seed}, "

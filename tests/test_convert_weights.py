@@ -233,6 +233,7 @@ _NO_TORCH_SCRIPT = """
 import sys
 from perturb_jax import convert_weights
 argv = ["convert_weights", "--torch_checkpoint=" + sys.argv[1], "--out=" + sys.argv[2]]
+convert_weights.define_flags()
 convert_weights.FLAGS(argv)
 convert_weights.main(argv[:1])
 print("torch imported:", "torch" in sys.modules)

@@ -5,7 +5,6 @@ Expected boxes are computed by hand from the rules in ``eval.datasets.preprocess
 """
 
 import csv
-import io
 import tarfile
 
 import ml_collections
@@ -13,24 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from PIL import Image
+from ilsvrc_fixtures import add, encode, stem, voc
 
 from eval.datasets import cub, folder, ilsvrc, preprocess, splits, voc_xml
 
 SIZE = 224
-
-
-def encode(height, width, colour=(200, 30, 60), fmt="JPEG"):
-    out = io.BytesIO()
-    Image.fromarray(np.full((height, width, 3), colour, np.uint8)).save(out, fmt, quality=95)
-    return out.getvalue()
-
-
-def voc(objects, filename="x"):
-    """VOC XML text; objects: (name, xmin, ymin, xmax, ymax) 1-based inclusive."""
-    body = "".join(f"<object><name>{n}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax>"
-                   f"<ymax>{d}</ymax></bndbox></object>" for n, a, b, c, d in objects)
-    return f"<annotation><filename>{filename}</filename>{body}</annotation>"
 
 
 # --- preprocess and voc_xml -------------------------------------------------------------------------------------
@@ -104,16 +90,6 @@ IMAGES = {
     5: (40, 40, [("n03125729", 1, 1, 40, 40), ("n01440764", 5, 5, 10, 10)]),  # second box: another class
 }
 LABELS = {1: 65, 2: 970, 3: 230, 4: 809, 5: 516}
-
-
-def stem(k):
-    return f"ILSVRC2012_val_{k:08d}"
-
-
-def add(tar, name, data):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
 
 
 @pytest.fixture(scope="module")
@@ -219,9 +195,9 @@ def test_ilsvrc_missing_files_are_named(ilsvrc_tree, tmp_path):
     with pytest.raises(FileNotFoundError, match="ILSVRC box file not found") as err:
         ilsvrc.load(ilsvrc_config(ilsvrc_tree, boxes="ILSVRC2012_bbox_val_v3.tar.gz"), "validation")
     assert str(ilsvrc_tree / "ILSVRC2012_bbox_val_v3.tar.gz") in str(err.value)
-    with pytest.raises(ValueError, match="data_config.order must be one of"):
+    with pytest.raises(ValueError, match="config.data.order must be one of"):
         ilsvrc.load(ilsvrc_config(ilsvrc_tree, order="random"), "validation")
-    with pytest.raises(ValueError, match="data_config.resize must be one of"):
+    with pytest.raises(ValueError, match="config.data.resize must be one of"):
         ilsvrc.load(ilsvrc_config(ilsvrc_tree, resize="crop"), "validation")
 
 

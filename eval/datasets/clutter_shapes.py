@@ -4,13 +4,14 @@ Each image holds exactly one labelled object, one of ten parametric shapes (``CL
 random scale (both sides of its tight box lie within 25-70% of the image side), position (uniform
 over the positions that keep it inside the image), rotation, mirroring and colour.  The background
 is a smooth random colour field (a coarse grid of random colours upsampled bicubically) overlaid
-with 5-9 clutter strokes (thick quadratic Bezier curves) and irregular blobs.  Clutter colours are
-drawn from the object colour distribution, under the same contrast rule, so that neither colour nor
-edge saliency singles out the object; the object is drawn last, so clutter may touch or lie under
-it but never hides it.  Fine uniform noise (standard deviation 0.02-0.06 of the range) covers
-the whole image.
+with 5-9 clutter items: 3-5 strokes (thick quadratic Bezier curves) and 2-4 irregular blobs about
+the size of the objects.  Clutter and object colours alike are uniform random RGB colours that
+contrast with what they cover, so that neither colour nor edge saliency singles out the object.
+The object is drawn last: clutter touches or lies under it in almost every image but never hides
+it.  Fine uniform noise (standard deviation 0.02-0.06 of the range) covers the whole image.
 
-Every example is drawn from its own generator, ``np.random.default_rng((seed, split, index))``, so
+Every example is drawn from its own generator,
+``np.random.default_rng((seed, SPLITS.index(split), index))``, so
 ``render(image_size, seed, split, index)`` regenerates any example alone.  Examples are written
 unshuffled: position ``i`` of a split is the example of index ``i``, with ``image_id``
 ``f"{split}_{i:05d}"``.
@@ -34,11 +35,11 @@ tests); other sizes are one ``ClutterShapesConfig(name=..., image_size=..., ...)
 
 import dataclasses
 import functools
-import io
+import struct
+import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 from skimage import transform
 
 CLASS_NAMES = (
@@ -168,11 +169,11 @@ def _paint_clutter(rng, canvas, masks):
     """``canvas`` with ``masks`` painted in order (later on top), in contrasting colours.
 
     An item's surround is the mean colour of the canvas it covers (the smooth field, before any
-    clutter is painted).
+    clutter is painted), sampled on every other row and column.
     """
     count = masks.shape[0]
-    covered = masks.reshape(count, -1).astype(canvas.dtype)
-    under = covered @ canvas.reshape(-1, 3) / np.maximum(covered.sum(1), 1)[:, None]
+    covered = masks[:, ::2, ::2].reshape(count, -1).astype(canvas.dtype)
+    under = covered @ canvas[::2, ::2].reshape(-1, 3) / np.maximum(covered.sum(1), 1)[:, None]
     candidates = rng.random((count, _COLOUR_CANDIDATES, 3), dtype=canvas.dtype)
     colours = candidates[np.arange(count), _contrasting(candidates, under[:, None])]
     top = (masks * np.arange(1, count + 1, dtype=np.uint8)[:, None, None]).max(0)
@@ -184,7 +185,7 @@ def _paint_object(rng, canvas, mask):
     """``canvas`` with ``mask`` in a colour contrasting with the pixels just outside it.
 
     The surround is at most ``_SURROUND_SAMPLES`` evenly spaced pixels within two pixels of the
-    mask, clutter included, so that at least 90% of the object's border stays visible.
+    mask, clutter included, so that 90% of the border contrasts (some candidate passes in practice).
     """
     candidates = rng.random((_COLOUR_CANDIDATES, 3), dtype=canvas.dtype)
     surround = canvas[_outline(mask)]
@@ -326,11 +327,26 @@ def pixel_boxes(bboxes, height, width):
     return boxes - np.array([0, 0, 1, 1], np.int32)
 
 
+def _png_chunk(kind, data):
+    """One PNG chunk: length, type, data and CRC."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def _png(array):
-    """PNG bytes of a uint8 (H, W) or (H, W, 3) array (Pillow is several times faster than TF)."""
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
+    """PNG bytes of a uint8 (H, W) grey or (H, W, 3) RGB array: unfiltered rows, zlib level 1.
+
+    A direct encoder, several times faster than TFDS's (a TF op per image) or Pillow's.
+    """
+    height, width = array.shape[:2]
+    colour_type = 2 if array.ndim == 3 else 0
+    rows = np.concatenate([np.zeros((height, 1), np.uint8), array.reshape(height, -1)], axis=1)
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return b"".join([
+        b"\x89PNG\r\n\x1a\n",
+        _png_chunk(b"IHDR", header),
+        _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)),
+        _png_chunk(b"IEND", b""),
+    ])
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)

@@ -21,11 +21,11 @@ def load(data_config, split: str):
     preprocess.check_mode(data_config.resize)
     folder = data_config.folder
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"image folder not found: {folder} (data_config.folder)")
+        raise FileNotFoundError(f"image folder not found: {folder} (--config.data.folder)")
     names = sorted(n for n in os.listdir(folder)
                    if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
     if not names:
-        raise FileNotFoundError(f"no {'/'.join(IMAGE_EXTENSIONS)} images in {folder} (data_config.folder)")
+        raise FileNotFoundError(f"no {'/'.join(IMAGE_EXTENSIONS)} images in {folder} (--config.data.folder)")
     names = [names[i] for i in splits.select(split, len(names))]
     return _examples(data_config, names), len(names)
 

@@ -110,7 +110,7 @@ def read_boxes(path: str, stems: set[str]) -> dict[str, list | str]:
     """{stem: [(synset, 0-based box), ...] or a one-line error} for the wanted file stems."""
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"ILSVRC box file not found: {path} (data_config.boxes: ILSVRC2012_bbox_val_v3.tgz, "
+            f"ILSVRC box file not found: {path} (--config.data.boxes: ILSVRC2012_bbox_val_v3.tgz, "
             "a folder of ILSVRC2012_val_XXXXXXXX.xml, or LOC_val_solution.csv)")
     if path.lower().endswith(".csv"):
         return _csv_table(path, stems)
@@ -121,11 +121,11 @@ def load(data_config, split: str):
     """(iterator of examples, number of examples) of ImageNet validation in ``data_config.order``, sliced by split."""
     preprocess.check_mode(data_config.resize)
     if data_config.order not in ORDERS:
-        raise ValueError(f"data_config.order must be one of {ORDERS}, got {data_config.order!r}")
+        raise ValueError(f"config.data.order must be one of {ORDERS}, got {data_config.order!r}")
     tar_path = os.path.join(data_config.manual_dir, VAL_TAR)
     if not os.path.isfile(tar_path):
         raise FileNotFoundError(f"ImageNet validation tar not found: {tar_path} "
-                                f"(put {VAL_TAR} from image-net.org in data_config.manual_dir)")
+                                f"(put {VAL_TAR} from image-net.org in --config.data.manual_dir)")
     members = index_tar(tar_path)
     synsets, val_synsets = label_tables()
     synset_of = dict(zip(sorted(members), val_synsets))

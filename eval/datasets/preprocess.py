@@ -30,7 +30,7 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 def check_mode(mode: str) -> None:
     """Raises ValueError unless ``mode`` is one of ``MODES``."""
     if mode not in MODES:
-        raise ValueError(f"data_config.resize must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"config.data.resize must be one of {MODES}, got {mode!r}")
 
 
 def decode(data: bytes) -> np.ndarray:

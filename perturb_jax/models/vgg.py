@@ -78,9 +78,11 @@ class VGG19BN(nnx.Module):
         self.bns = nnx.List(bns)
         self.fc = nnx.List([nnx.Linear(c_in * 49, hidden, **dense), nnx.Linear(hidden, hidden, **dense),
                             nnx.Linear(hidden, num_classes, **dense)])
-        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout)
 
-    def __call__(self, x: jax.Array, relu_layers: Iterable[int] = (), *, train: bool = False):
+    def __call__(self, x: jax.Array, relu_layers: Iterable[int] = (), *, train: bool = False,
+                 rngs: nnx.Rngs | None = None):
+        """``train=True`` uses batch statistics and dropout, whose keys come from ``rngs`` (a ``dropout`` stream)."""
         wanted = frozenset(relu_layers)
         acts = {}
         k = 0
@@ -94,6 +96,6 @@ class VGG19BN(nnx.Module):
                 acts[k] = x
         x = adaptive_avg_pool(x, 7)
         x = x.reshape(x.shape[0], -1)  # NHWC flattening; convert_weights permutes torch's NCHW-flattened weight.
-        x = self.dropout(nnx.relu(self.fc[0](x)), deterministic=not train)
-        x = self.dropout(nnx.relu(self.fc[1](x)), deterministic=not train)
+        x = self.dropout(nnx.relu(self.fc[0](x)), deterministic=not train, rngs=rngs)
+        x = self.dropout(nnx.relu(self.fc[1](x)), deterministic=not train, rngs=rngs)
         return self.fc[2](x), acts

@@ -1,0 +1,96 @@
+"""Configs: variants, command-line overrides, a misspelt key, and one-line errors for bad values."""
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from perturb_jax import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+_PARSE = """
+import json, sys
+from absl import flags
+from ml_collections import config_flags
+config_flags.DEFINE_config_file("config", None, "", lock_config=True)
+try:
+    flags.FLAGS(sys.argv)
+except Exception as e:
+    print("ERROR", type(e).__name__, e)
+else:
+    print(flags.FLAGS.config.to_json())
+"""
+
+
+def _parse(argv):
+    """Parses ``argv`` as the command line of a fresh process would (config_flags registers overrides globally)."""
+    out = subprocess.run([sys.executable, "-c", _PARSE] + argv, capture_output=True, text=True, cwd=ROOT,
+                         check=True).stdout.strip().splitlines()[-1]
+    if out.startswith("ERROR"):
+        raise ValueError(out)
+    return ml_collections.ConfigDict(json.loads(out))
+
+
+def test_guided_and_unguided_match_the_paper():
+    guided = _parse([f"--config={ROOT}/configs/guided.py"])
+    unguided = _parse([f"--config={ROOT}/configs/unguided.py"])
+    assert guided.perturb.relu_layers == list(range(2, 14)) and guided.saliency.guided
+    assert unguided.perturb.relu_layers == [5, 6, 7, 8, 9, 10] and not unguided.saliency.guided
+    for c in (guided, unguided):
+        assert (c.perturb.lam_perceptual, c.perturb.lam_pixel, c.perturb.target_margin) == (1e4, 1.0, -2.0)
+    for name in ("guided", "unguided"):
+        config_lib.validate(runpy.run_path(f"{ROOT}/configs/{name}.py")["get_config"]())
+
+
+def test_overrides_and_variants():
+    c = _parse([f"--config={ROOT}/configs/guided.py:imagenet", "--config.perturb.lam_perceptual=1000",
+                "--config.perturb.relu_layers=(5,6)", "--config.data.manual_dir=/data/imagenet"])
+    assert c.perturb.lam_perceptual == 1000 and c.perturb.relu_layers == [5, 6]
+    assert c.data.name == "imagenet2012" and c.data.eval_split == "validation[:1000]"
+    assert c.data.manual_dir == "/data/imagenet" and c.model.checkpoint == ""
+
+
+def test_misspelt_key_fails():
+    with pytest.raises(ValueError, match='Did you mean "lam_perceptual"'):
+        _parse([f"--config={ROOT}/configs/guided.py", "--config.perturb.lam_perceptul=1000"])
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("perturb.relu_layers", (0, 5), r"config.perturb.relu_layers: \[0\] outside 1-16"),
+    ("perturb.relu_layers", (17,), r"config.perturb.relu_layers: \[17\] outside 1-16"),
+    ("perturb.relu_layers", (), "config.perturb.relu_layers: is empty"),
+    ("perturb.lam_perceptual", -1.0, "config.perturb.lam_perceptual: must be >= 0"),
+    ("perturb.lam_pixel", -0.5, "config.perturb.lam_pixel: must be >= 0"),
+    ("perturb.optimizer", "sgd", "config.perturb.optimizer: must be one of"),
+    ("protocol.value_alphas", (0.5, 1.5), r"config.protocol.value_alphas: every alpha must be in \[0, 1.0\]"),
+    ("protocol.mean_alphas", (-1.0,), "config.protocol.mean_alphas: every alpha must be >= 0"),
+    ("batch_size", 0, "config.batch_size: 0 does not divide"),
+    ("data.tune_split", "validation[1200:1300]", "config.data.tune_split: .* overlaps"),
+])
+def test_bad_values_fail_in_one_line(field, value, message):
+    c = config_lib.get_config()
+    section, _, key = field.rpartition(".")
+    (c[section] if section else c)[key] = value
+    with pytest.raises(config_lib.ConfigError, match=message) as e:
+        config_lib.validate(c)
+    assert "\n" not in str(e.value)
+
+
+def test_batch_that_does_not_divide_over_devices_fails_before_compiling():
+    """Two forced CPU devices: an odd batch size is refused by name."""
+    code = ("from perturb_jax import config as c; cfg = c.get_config(); cfg.batch_size = 3\n"
+            "try:\n    c.validate(cfg)\nexcept c.ConfigError as e:\n    print(e)")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip() == ("config.batch_size: 3 does not divide over the 2 devices; use a multiple of 2")
+
+
+def test_unknown_variant():
+    with pytest.raises(config_lib.ConfigError, match="variant 'imagenett' is unknown"):
+        config_lib.get_config("imagenett")

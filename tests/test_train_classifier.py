@@ -1,0 +1,29 @@
+"""One full training run of the classifier on the tiny embedded split: metrics, export, resumption."""
+
+import json
+import os
+import runpy
+
+import numpy as np
+
+from perturb_jax import checkpoint, train_classifier
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_train_export_and_resume(tmp_path):
+    config = runpy.run_path(f"{ROOT}/configs/classifier.py")["get_config"]("tiny")
+    config.data.data_dir = str(tmp_path / "tfds")
+    work = tmp_path / "work"
+    result = train_classifier.train_and_evaluate(config, str(work))
+    assert 0.0 <= result["validation_accuracy"] <= 1.0
+    with open(work / "metrics.jsonl") as f:
+        epochs = [json.loads(line) for line in f]
+    assert [e["epoch"] for e in epochs] == [1] and np.isfinite(epochs[0]["loss"])
+    model = checkpoint.load_model(result["export_dir"])
+    assert model.fc[2].kernel.shape == (512, 10)
+    # A longer run on the same workdir starts from the saved epoch instead of the beginning.
+    config.num_epochs = 2
+    train_classifier.train_and_evaluate(config, str(work))
+    with open(work / "metrics.jsonl") as f:
+        assert [json.loads(line)["epoch"] for line in f] == [1, 2]
