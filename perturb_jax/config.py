@@ -177,6 +177,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("data.manual_dir" if not d.manual_dir else "data.boxes",
               "is empty; ImageNet needs --config.data.manual_dir=DIR holding ILSVRC2012_img_val.tar and "
               "--config.data.boxes=ILSVRC2012_bbox_val_v3.tgz, a folder of its XMLs, or LOC_val_solution.csv")
+    if d.name == "folder" and c.perturb.target == "ground_truth":
+        _fail("perturb.target", "ground_truth needs labels, and a folder of photos has none; use predicted")
     if not d.eval_split:
         _fail("data.eval_split", "is empty; name the images to explain, e.g. validation[:1000]")
     _check_disjoint(d.tune_split, d.eval_split)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from perturb_jax import checkpoint
+from torch_fixtures import random_torch_model
 from perturb_jax.convert_weights import ConversionError, convert_file, convert_state_dict, read_state_dict
 from perturb_jax.models.vgg import VGG19_CFG
 
@@ -34,26 +35,6 @@ def write_safetensors(path, arrays: dict):
     head = json.dumps(header).encode()
     with open(path, "wb") as f:
         f.write(len(head).to_bytes(8, "little") + head + b"".join(chunks))
-
-
-def random_torch_model(num_classes, width_divisor, seed=0):
-    """The torch replica in eval mode with random weights, biases and non-trivial batch-norm statistics."""
-    torch = pytest.importorskip("torch")
-    from perturb_jax.torch_reference import TorchVGG19BN
-
-    torch.manual_seed(seed)
-    model = TorchVGG19BN(num_classes, width_divisor).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.0, 0.2)
-                m.running_mean.normal_(0.0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.num_batches_tracked.fill_(123)
-            elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-                m.bias.normal_(0.0, 0.05)
-    return model
 
 
 def numpy_state_dict(model) -> dict:

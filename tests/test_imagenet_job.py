@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ilsvrc_fixtures import add, encode_pixels, stem, voc
+from torch_fixtures import random_torch_model
 from PIL import Image
 
 from eval import boxes as box_ops
@@ -154,17 +155,7 @@ def converted(request, tmp_path_factory):
     if request.param == "npz":
         return request.getfixturevalue("npz_checkpoint"), None
     torch = pytest.importorskip("torch")
-    from perturb_jax.torch_reference import TorchVGG19BN
-
-    torch.manual_seed(0)
-    model = TorchVGG19BN(num_classes=1000, width_divisor=WIDTH_DIVISOR).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.0, 0.2)
-                m.running_mean.normal_(0.0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
+    model = random_torch_model(1000, WIDTH_DIVISOR)
     root = tmp_path_factory.mktemp("pth_weights")
     torch.save(model.state_dict(), root / "vgg19_bn.pth")
     convert_weights.convert_file(str(root / "vgg19_bn.pth"), str(root / "ckpt"))

@@ -1,0 +1,68 @@
+"""Scoring of stored maps: tuned on one split, reported on the other; failed images; the original-resolution frame."""
+
+import numpy as np
+import pytest
+
+from perturb_jax import config as config_lib
+from perturb_jax import scoring
+
+
+def _split(maps, boxes, failed=None, original_size=None, boxes_original=None):
+    n = len(maps)
+    return {
+        "image_id": np.array([f"im{i}" for i in range(n)]), "label": np.zeros(n, np.int32),
+        "predicted": np.zeros(n, np.int32), "target": np.zeros(n, np.int32),
+        "failed": np.zeros(n, bool) if failed is None else np.asarray(failed),
+        "steps": np.full(n, 3, np.int32), "margin": np.ones(n), "margin_adv": -np.ones(n), "loss": np.ones(n),
+        "saliency": np.stack(maps), "gradient": np.stack(maps)[:, ::-1],
+        "boxes": [np.asarray(b, np.int32).reshape(-1, 4) for b in boxes],
+        "boxes_original": [np.asarray(b, np.int32).reshape(-1, 4) for b in (boxes_original or boxes)],
+        "original_size": np.array(original_size or [m.shape for m in maps], np.int32),
+        "skipped_id": np.array([], str), "skipped_reason": np.array([], str)}
+
+
+def _blob(y0, x0, y1, x1, size=16):
+    m = np.zeros((size, size), np.float32)
+    m[y0:y1 + 1, x0:x1 + 1] = 1.0
+    return m
+
+
+def _config(**protocol):
+    c = config_lib.get_config()
+    c.protocol.strategies = ("value",)
+    c.protocol.value_alphas = (0.5,)
+    for k, v in protocol.items():
+        c.protocol[k] = v
+    return c
+
+
+def test_errors_counts_and_failed_images():
+    tune = _split([_blob(2, 2, 9, 9), _blob(4, 4, 12, 12)], [[2, 2, 9, 9], [4, 4, 12, 12]])
+    # eval: image 0 exact (IoU 1), image 1 misses (disjoint), image 2 exact but its optimisation failed.
+    evaluation = _split([_blob(0, 0, 5, 5), _blob(0, 0, 3, 3), _blob(8, 8, 15, 15)],
+                        [[0, 0, 5, 5], [10, 10, 15, 15], [8, 8, 15, 15]], failed=[False, False, True])
+    summary, rows = scoring.score(_config(), tune, evaluation)
+    method = summary["localisation_error"][summary["method"]]
+    assert method["value"]["tune_error"] == 0.0
+    assert method["value"]["eval_error"] == pytest.approx(2 / 3)
+    assert summary["failed_images"] == ["im2"]
+    eval_rows = [r for r in rows if r["split"] == "eval"]
+    assert [r["value_correct"] for r in eval_rows] == [True, False, False]
+    assert [r["value_iou"] for r in eval_rows] == [1.0, 0.0, 1.0]
+    assert summary["localisation_error"]["whole_image"]["eval_error"] == 1.0  # IoUs 36, 36, 64 / 256
+
+
+def test_original_resolution_resizes_maps_and_uses_original_boxes():
+    # A 16x16 map whose blob covers the left half; the original image is 32 x 8 (H x W).
+    m = np.zeros((16, 16), np.float32)
+    m[:, :8] = 1.0
+    tune = _split([m], [[0, 0, 15, 7]], original_size=[(32, 8)], boxes_original=[[0, 0, 31, 3]])
+    evaluation = _split([m], [[0, 0, 15, 7]], original_size=[(32, 8)], boxes_original=[[0, 0, 31, 3]])
+    model_frame, _ = scoring.score(_config(), tune, evaluation)
+    c = _config()
+    c.data.eval_resolution = "original"
+    original_frame, rows = scoring.score(c, tune, evaluation)
+    assert model_frame["localisation_error"][model_frame["method"]]["value"]["eval_error"] == 0.0
+    assert original_frame["localisation_error"][original_frame["method"]]["value"]["eval_error"] == 0.0
+    box = [int(v) for v in rows[-1]["value_box"].split()]
+    assert box[0] == 0 and box[2] == 31 and box[3] < 8  # a box in the 32 x 8 original's pixels
