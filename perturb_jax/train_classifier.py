@@ -24,12 +24,31 @@ from perturb_jax import checkpoint, sharding
 from perturb_jax.models.vgg import VGG19BN
 
 
-def make_update_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
+def dihedral_augment(images: jax.Array, key: jax.Array) -> jax.Array:
+    """Each square NHWC image transposed and flipped at random: one of the 8 symmetries of the square.
+
+    The embedded objects come at every rotation already, so these views stay in the data's distribution.
+    """
+    transpose, flip_h, flip_w = jax.random.bernoulli(key, 0.5, (3, images.shape[0], 1, 1, 1))
+    images = jnp.where(transpose, jnp.swapaxes(images, 1, 2), images)
+    images = jnp.where(flip_h, images[:, ::-1], images)
+    return jnp.where(flip_w, images[:, :, ::-1], images)
+
+
+AUGMENTATIONS = ("dihedral", "none")
+
+
+def make_update_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, augment: bool):
     """``update_fn(params, batch_stats, opt_state, images, labels, key) -> (params, batch_stats, opt_state,
-    metrics)``, jitted; ``params`` and ``batch_stats`` are plain nested dicts, ``key`` seeds this step's dropout.
+    metrics)``, jitted; ``params`` and ``batch_stats`` are plain nested dicts, ``key`` seeds this step's dropout
+    and, with ``augment``, its ``dihedral_augment``.
     """
 
     def update_fn(params, batch_stats, opt_state, images, labels, key):
+        if augment:
+            key, augment_key = jax.random.split(key)
+            images = dihedral_augment(images, augment_key)
+
         def loss_fn(params):
             model = nnx.merge(graphdef, params, batch_stats)
             logits, _ = model(images, train=True, rngs=nnx.Rngs(dropout=key))
@@ -63,6 +82,8 @@ def accuracy(model: VGG19BN, data_config, split: str, mean, std, batch_size: int
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains, checkpoints every epoch (resuming from the last), exports the model, returns final metrics."""
     os.makedirs(workdir, exist_ok=True)
+    if config.augment not in AUGMENTATIONS:
+        raise ValueError(f"config.augment: {config.augment!r} is not one of {AUGMENTATIONS}")
     if config.batch_size % jax.device_count():
         raise ValueError(f"config.batch_size: {config.batch_size} does not divide over {jax.device_count()} devices")
     model = VGG19BN(config.num_classes, config.width_divisor, rngs=nnx.Rngs(config.seed))
@@ -74,7 +95,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps, total_steps)
     tx = optax.adamw(schedule, weight_decay=config.weight_decay)
     opt_state = tx.init(params)
-    update_fn = make_update_fn(graphdef, tx)
+    update_fn = make_update_fn(graphdef, tx, config.augment == "dihedral")
 
     manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                     options=ocp.CheckpointManagerOptions(max_to_keep=2))
@@ -115,7 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     val_accuracy = accuracy(model, config.data, "validation", config.mean, config.std)
     export_dir = config.export_dir or os.path.join(workdir, "model")
     provenance = (f"python -m perturb_jax.train_classifier --config=configs/classifier.py; seed {config.seed}, "
-                  f"{config.num_epochs} epochs; validation accuracy {val_accuracy:.4f}")
+                  f"{config.num_epochs} epochs, augment {config.augment}; validation accuracy {val_accuracy:.4f}")
     checkpoint.save_model(model, export_dir, num_classes=config.num_classes, width_divisor=config.width_divisor,
                           provenance=provenance)
     result = dict(validation_accuracy=val_accuracy, export_dir=export_dir)

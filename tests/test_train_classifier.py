@@ -4,6 +4,7 @@ import json
 import os
 import runpy
 
+import jax
 import numpy as np
 
 from perturb_jax import checkpoint, train_classifier
@@ -27,3 +28,14 @@ def test_train_export_and_resume(tmp_path):
     train_classifier.train_and_evaluate(config, str(work))
     with open(work / "metrics.jsonl") as f:
         assert [json.loads(line)["epoch"] for line in f] == [1, 2]
+
+
+def test_dihedral_augment_gives_the_eight_symmetries_of_the_square():
+    image = np.arange(16, dtype=np.float32).reshape(4, 4, 1)
+    views = np.asarray(train_classifier.dihedral_augment(np.repeat(image[None], 64, 0), jax.random.key(0)))
+    # By hand: the 8 symmetries are the 4 rotations of the image and of its transpose.
+    group = {tuple(np.rot90(v, k).ravel()) for v in (image, image.transpose(1, 0, 2)) for k in range(4)}
+    assert len(group) == 8
+    assert {tuple(v.ravel()) for v in views} == group
+    # The first row of a view is a row or column of the image, read either way.
+    assert all(sorted(v[0, :, 0]) in ([0, 1, 2, 3], [0, 4, 8, 12], [12, 13, 14, 15], [3, 7, 11, 15]) for v in views)
