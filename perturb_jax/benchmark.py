@@ -41,6 +41,7 @@ backward-to-input pass of the batch come from XLA's ``cost_analysis``; divided b
 TFLOP/s, and with ``--peak_tflops`` the model FLOP utilisation (H100 SXM dense: ~989 TFLOP/s bf16, ~67 fp32).
 """
 
+import contextlib
 import ctypes
 import datetime
 import gc
@@ -155,10 +156,8 @@ class PeakMemory:
             self.base = device.memory_stats()["bytes_in_use"]
             self.method = "device memory_stats peak_bytes_in_use - bytes_in_use before"
         else:
-            try:
+            with contextlib.suppress(OSError, AttributeError):  # without glibc there is nothing to trim
                 ctypes.CDLL("libc.so.6").malloc_trim(0)
-            except (OSError, AttributeError):
-                pass
             try:
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")

@@ -109,7 +109,7 @@ def explain_split(config, workdir: str, split_name: str, split: str, explain_fn,
             out = _explain_one_batch(explain_fn, state, batch, config, batch_sharding) if batch else {}
             out["skipped_id"] = np.array([ex["image_id"] for ex in skipped], dtype=str)
             out["skipped_reason"] = np.array([ex["error"] for ex in skipped], dtype=str)
-            if index < 1 and split_name == "eval" and batch[: config.num_figures]:
+            if index == 0 and split_name == "eval" and batch[: config.num_figures]:
                 out["images"] = np.stack([ex["image"] for ex in batch[: config.num_figures]])
             failed = int(out.get("failed", np.zeros(0)).sum())
             if failed or skipped:

@@ -23,6 +23,8 @@ from eval.datasets import embedded
 from perturb_jax import checkpoint, sharding
 from perturb_jax.models.vgg import VGG19BN
 
+AUGMENTATIONS = ("dihedral", "none")
+
 
 def dihedral_augment(images: jax.Array, key: jax.Array) -> jax.Array:
     """Each square NHWC image transposed and flipped at random: one of the 8 symmetries of the square.
@@ -33,9 +35,6 @@ def dihedral_augment(images: jax.Array, key: jax.Array) -> jax.Array:
     images = jnp.where(transpose, jnp.swapaxes(images, 1, 2), images)
     images = jnp.where(flip_h, images[:, ::-1], images)
     return jnp.where(flip_w, images[:, :, ::-1], images)
-
-
-AUGMENTATIONS = ("dihedral", "none")
 
 
 def make_update_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, augment: bool):
