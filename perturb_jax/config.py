@@ -186,7 +186,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail("perturb.target", "ground_truth needs labels, and a folder of photos has none; use predicted")
     if not d.eval_split:
         _fail("data.eval_split", "is empty; name the images to explain, e.g. validation[:1000]")
-    _check_disjoint(d.tune_split, d.eval_split)
+    check_disjoint(d.tune_split, d.eval_split)
     if not c.model.checkpoint:
         _fail("model.checkpoint", "is empty; give the directory of an Orbax checkpoint "
               "(python -m perturb_jax.convert_weights makes one from torchvision weights)")
@@ -208,7 +208,7 @@ def _slice(split: str) -> tuple[str, int | None, int | None] | None:
     return m.group(1), start, stop
 
 
-def _check_disjoint(tune: str, evaluation: str) -> None:
+def check_disjoint(tune: str, evaluation: str) -> None:
     """The tuning images must not be the evaluation images (checked where both are integer slices of one split)."""
     a, b = _slice(tune) if tune else None, _slice(evaluation)
     if not a or not b or a[0] != b[0]:

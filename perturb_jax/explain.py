@@ -5,7 +5,6 @@
 gives identical numbers. The batch is sharded over every device along a one-axis mesh.
 """
 
-import json
 import os
 
 import jax
@@ -17,49 +16,11 @@ from tqdm import tqdm
 
 import eval.datasets
 from perturb_jax import checkpoint, config as config_lib, perturb, report, results_store, scoring, sharding
+from perturb_jax import workdir as workdir_lib
 
 SPLITS = ("tune", "eval")
 # Fields that do not change any stored number: a run may resume with other values of these.
 _NOT_IN_FINGERPRINT = ("num_figures",)
-
-
-def prepare_workdir(workdir: str) -> None:
-    """Creates ``workdir`` and proves it writable now, not after the work."""
-    try:
-        os.makedirs(os.path.join(workdir, "maps"), exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise config_lib.ConfigError(f"--workdir {workdir} cannot be written ({e.strerror}); choose another") from e
-
-
-def check_fingerprint(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Stores the config in the workdir; a resumed run must have the same results-relevant fields."""
-    fields = json.loads(config.to_json_best_effort())
-    for key in _NOT_IN_FINGERPRINT:
-        fields.pop(key, None)
-    path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            stored = json.load(f)
-        if stored != fields:
-            diff = sorted(_diff_keys(stored, fields))
-            raise config_lib.ConfigError(f"--workdir {workdir} holds a run with another config (differs in "
-                                         f"{', '.join(diff)}); use a new --workdir or the same config")
-    else:
-        with open(path, "w") as f:
-            json.dump(fields, f, indent=2, sort_keys=True)
-
-
-def _diff_keys(a, b, prefix=""):
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            yield from _diff_keys(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            yield prefix + key
 
 
 def normalise(images: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
@@ -122,8 +83,8 @@ def explain_split(config, workdir: str, split_name: str, split: str, explain_fn,
 def explain_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the whole job; returns the summary that ``results.json`` holds."""
     config_lib.validate(config)
-    prepare_workdir(workdir)
-    check_fingerprint(config, workdir)
+    workdir_lib.prepare(workdir, "maps")
+    workdir_lib.check_fingerprint(config, workdir, _NOT_IN_FINGERPRINT)
     splits = {name: split for name, split in zip(SPLITS, (config.data.tune_split, config.data.eval_split)) if split}
     total = sum(eval.datasets.load(config.data, split)[1] for split in splits.values())  # missing data fails here
     model = checkpoint.load_model(config.model.checkpoint, how_to_make=_how_to_make(config))

@@ -1,0 +1,59 @@
+"""JAX's own multi-process runtime: when to call ``jax.distributed.initialize`` and how, for every job here.
+
+``mode`` 'auto' initialises when the environment is a multi-process job JAX can detect (SLURM with more than one
+task, a Cloud TPU pod slice) or when the config names a coordinator; 'on' always; 'off' never. On CPU the
+cross-process collectives are gloo's. Must run before anything touches a JAX device.
+"""
+
+import os
+
+import jax
+from absl import logging
+
+from perturb_jax.config import ConfigError
+
+_TPU_POD_VARIABLES = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "CLOUD_TPU_TASK_ID")
+
+
+def _detected() -> str:
+    """The name of the multi-process environment JAX's cluster detection will find, or ''."""
+    if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in os.environ:
+        return "SLURM"
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    if "," in hosts or any(v in os.environ for v in _TPU_POD_VARIABLES[1:]):
+        return "TPU pod"
+    return ""
+
+
+def initialize(cfg) -> None:
+    """Initialises the distributed runtime as ``cfg`` (a ``distributed`` ConfigDict) and the environment ask.
+
+    ``cfg`` fields: ``mode`` ('auto', 'on', 'off'), ``coordinator_address`` ('host:port'), ``num_processes``,
+    ``process_id`` (-1: let JAX detect), ``initialization_timeout`` (seconds). A coordinator that cannot be reached
+    in time is a one-line ``ConfigError`` naming the address.
+    """
+    if cfg.mode == "off" or jax.distributed.is_initialized():
+        return
+    environment = _detected()
+    if cfg.mode == "auto" and not environment and not cfg.coordinator_address:
+        return
+    if cfg.coordinator_address and (cfg.num_processes < 1 or cfg.process_id < 0):
+        raise ConfigError("config.distributed.coordinator_address needs distributed.num_processes >= 1 and "
+                          "distributed.process_id >= 0 (this process's number)")
+    if cfg.process_id >= cfg.num_processes > 0:
+        raise ConfigError(f"config.distributed.process_id: {cfg.process_id} is not below num_processes "
+                          f"{cfg.num_processes}")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices only; GPUs and TPUs keep theirs.
+    kwargs = {}
+    if cfg.coordinator_address:
+        kwargs = dict(coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes,
+                      process_id=cfg.process_id)
+    try:
+        jax.distributed.initialize(initialization_timeout=int(cfg.initialization_timeout), **kwargs)
+    except Exception as e:  # noqa: BLE001 - the runtime raises several types; each becomes one line.
+        where = cfg.coordinator_address or environment or "the detected cluster"
+        raise ConfigError(f"config.distributed.coordinator_address: cannot join the job at {where} within "
+                          f"{cfg.initialization_timeout} s ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                          "check that every process was started with the same address") from e
+    logging.info("distributed: process %d of %d, %d local of %d devices (%s)", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count(), environment or "config")

@@ -1,0 +1,61 @@
+"""A job's working directory: proved writable before the work, and bound to the config of the run it holds.
+
+Shared by every job here (the explainer, the ALN trainer), so that a resumed run is refused when its
+results-relevant fields differ from the stored run's.
+"""
+
+import json
+import os
+
+import ml_collections
+
+from perturb_jax.config import ConfigError
+
+
+def prepare(workdir: str, subdir: str = "") -> None:
+    """Creates ``workdir`` (and ``workdir/subdir``) and proves it writable now, not after the work."""
+    try:
+        os.makedirs(os.path.join(workdir, subdir), exist_ok=True)
+        probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"--workdir {workdir} cannot be written ({e.strerror}); choose another") from e
+
+
+def fingerprint(config: ml_collections.ConfigDict, ignore=()) -> dict:
+    """The config as a dict without the dotted keys in ``ignore`` (fields that change no stored number)."""
+    fields = json.loads(config.to_json_best_effort())
+    for key in ignore:
+        parent = fields
+        *path, leaf = key.split(".")
+        for part in path:
+            parent = parent.get(part, {})
+        parent.pop(leaf, None)
+    return fields
+
+
+def check_fingerprint(config: ml_collections.ConfigDict, workdir: str, ignore=(), write: bool = True) -> None:
+    """Stores the config in ``workdir/config.json`` (when ``write``); a resumed run must match the stored one."""
+    fields = fingerprint(config, ignore)
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if stored != fields:
+            diff = sorted(_diff_keys(stored, fields))
+            raise ConfigError(f"--workdir {workdir} holds a run with another config (differs in "
+                              f"{', '.join(diff)}); use a new --workdir or the same config")
+    elif write:
+        with open(path, "w") as f:
+            json.dump(fields, f, indent=2, sort_keys=True)
+
+
+def _diff_keys(a, b, prefix=""):
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            yield from _diff_keys(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            yield prefix + key
