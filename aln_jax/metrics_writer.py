@@ -1,4 +1,4 @@
-"""Training metrics at the edges: TensorBoard event files, one log line, ``metrics.jsonl`` and ``learning_curves.png``.
+"""Training metrics at the edges: TensorBoard event files, a line on stdout, ``metrics.jsonl``, ``learning_curves.png``.
 
 Only the active process (process 0) writes. A resumed run first drops the records past the step it resumed from,
 so the file holds one trajectory.
@@ -7,7 +7,7 @@ so the file holds one trajectory.
 import json
 import os
 
-from absl import logging
+from tqdm import tqdm
 
 CURVES = (("corruption_loss", "classifier_loss"), ("accuracy_corrupted", "accuracy_clean"), ("occluded_area",),
           ("lambda_reg",), ("images_per_second",))
@@ -31,7 +31,7 @@ class MetricsWriter:
     def write(self, step: int, record: dict) -> None:
         if not self.active:
             return
-        logging.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
+        tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
         with open(self.jsonl, "a") as f:
             f.write(json.dumps({"step": step, **record}) + "\n")
         with self._tb.as_default(step=step):

@@ -145,7 +145,10 @@ def make_train_step(corruption_def: nnx.GraphDef, classifier_def: nnx.GraphDef, 
         new_state = dict(corruption=new_c, classifier=new_k, lambda_reg=lambda_next, step=state["step"] + 1)
         return new_state, metrics
 
-    sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()))
+    # check_vma=False: the pmap semantics, in which a gradient is per device until the explicit pmean (with
+    # varying-manual-axes checking on, JAX would psum the gradients of replicated parameters by itself).
+    sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()),
+                            check_vma=False)
     return jax.jit(sharded, donate_argnums=(0,))
 
 

@@ -109,7 +109,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     restored, start = restore_latest(manager, abstract, workdir)
     state = restored if restored is not None else _replicate(state, replicated)
     if start:
-        logging.info("resumed from step %d", start)
+        logging.warning("resumed from step %d of %s", start, workdir)
     if start >= config.num_steps:
         manager.close()
         return _host(state)

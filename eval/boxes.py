@@ -156,6 +156,18 @@ def mask_to_box(mask, largest_component=True):
     return masks_to_boxes(mask[None], largest_component)[0]
 
 
+def adaptive_threshold_box(saliency, mean_weight=0.7, max_weight=0.3, largest_component=True):
+    """The Adversarial Localization Network's box (Fan, Zhao, Ermon, Sec. 3.2) of a 2-D map.
+
+    Keeps the pixels >= ``mean_weight * mean(map) + max_weight * max(map)`` (the paper's 0.7 and 0.3), then takes
+    ``mask_to_box`` of them: the tight box of the largest 8-connected component. Computed in float64.
+    """
+    s = np.asarray(saliency, dtype=np.float64)
+    if s.ndim != 2 or s.size == 0:
+        raise ValueError(f'saliency must be a non-empty 2-D map, got shape {s.shape}')
+    return mask_to_box(s >= mean_weight * s.mean() + max_weight * s.max(), largest_component)
+
+
 def saliency_boxes(saliency, strategy, alphas, largest_component=True):
     """Boxes (len(alphas), 4) of ``mask_to_box(threshold(saliency, strategy, alpha))`` for each alpha."""
     values, cuts = strategy_cuts(saliency, strategy, np.atleast_1d(alphas))

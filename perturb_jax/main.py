@@ -6,7 +6,6 @@ hands the config and the workdir to ``explain.explain_and_evaluate``. Any field 
 ``--config.perturb.lam_perceptual=1000``; a misspelt field is an error.
 """
 
-import ast
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -15,24 +14,13 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from perturb_jax import explain  # noqa: E402
+from perturb_jax.cli import parse_flags  # noqa: E402
 from perturb_jax.checkpoint import CheckpointError  # noqa: E402
 from perturb_jax.config import ConfigError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/guided.py.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for maps, results and figures (resumable).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def parse_flags(argv):
-    """absl's parsing, with a misspelt or ill-typed config field reported in one line instead of a traceback."""
-    try:
-        return flags.FLAGS(argv)
-    except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
-        text = str(e)
-        if text[:1] in "'\"":  # config_flags wraps a KeyError's repr in an AttributeError
-            text = ast.literal_eval(text)
-        message = " ".join(text.split())
-        raise SystemExit(f"error: bad flag or config field: {message}") from None
 
 
 def main(argv):
