@@ -73,7 +73,7 @@ def measure(config, steps: int, eval_batch: int, slic_images: int, slic_workers:
     key = jax.random.key(0)
 
     def one_step():
-        state[0], metrics = fn(state[0], batch, key)
+        state[0], metrics = fn(state[0], batch, key, config.train.classifier_pretrain_steps)
         jax.block_until_ready(metrics)
 
     t = time.perf_counter()

@@ -29,7 +29,6 @@ import eval.datasets
 from eval import boxes as box_ops
 from eval import protocol
 from perturb_jax import report, results_store
-from perturb_jax.config import ConfigError
 
 METHOD = "aln"
 GRADIENT = "input_gradient"
@@ -262,9 +261,6 @@ def score(config: ml_collections.ConfigDict, tune: dict, evaluation: dict, compa
     ``compare_results`` file); table (the rows of table.md). Without a tuning split each strategy uses the middle
     alpha of its sweep, as ``perturb_jax.scoring`` does.
     """
-    if config.data.eval_resolution != "model":
-        raise ConfigError("config.data.eval_resolution: the ALN is scored at data.image_size; only 'model' is "
-                          f"supported, got {config.data.eval_resolution!r}")
     strategies = tuple(config.protocol.strategies)
     alphas = {s: np.asarray(config.protocol[f"{s}_alphas"], float) for s in strategies}
     largest = config.protocol.largest_component

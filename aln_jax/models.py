@@ -67,14 +67,19 @@ class CorruptionNet(nnx.Module):
 
 
 class Classifier(nnx.Module):
-    """Four (3x3 convolution, ReLU, 2x2 max-pool) layers, global average pooling, a linear layer to the classes."""
+    """Four (3x3 convolution, ReLU, 2x2 max-pool) layers and a linear layer on their flattened features.
 
-    def __init__(self, num_classes: int, widths: Sequence[int], *, rngs: nnx.Rngs):
+    Flattened rather than globally pooled: on the embedded benchmark the pooled variant stayed at chance for 1200
+    Adam steps where this one reached 22% (batch 64, learning rate 2e-3, measured on the training images).
+    """
+
+    def __init__(self, num_classes: int, widths: Sequence[int], image_size: int, *, rngs: nnx.Rngs):
         ins = (3, *widths[:-1])
         self.convs = nnx.List([nnx.Conv(i, o, (3, 3), padding="SAME", rngs=rngs) for i, o in zip(ins, widths)])
-        self.out = nnx.Linear(widths[-1], num_classes, rngs=rngs)
+        side = image_size // 2 ** len(widths)
+        self.out = nnx.Linear(side * side * widths[-1], num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for conv in self.convs:
             x = nnx.max_pool(nnx.relu(conv(x)), (2, 2), strides=(2, 2))
-        return self.out(jnp.mean(x, axis=(1, 2)))
+        return self.out(x.reshape(x.shape[0], -1))

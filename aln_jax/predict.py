@@ -9,32 +9,49 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from skimage import transform
+
+from aln_jax import masking, step as step_lib, superpixels
 from perturb_jax import checkpoint, saliency
-from aln_jax import step as step_lib
 
 
 def make_predict_fn(config, corruption_def: nnx.GraphDef, classifier_def: nnx.GraphDef, params: dict):
     """``predict_fn(images) -> {prob, logits, masked}`` of the trained ALN (``params``: the state's two networks).
 
-    ``prob`` is the corruption network's per-pixel occlusion probability at the ALN's input size (the map the
-    paper's Sec. 3.2 thresholds); ``masked`` shows the image with the pixels of probability >= 0.5 occluded.
+    ``prob`` is the occlusion probability map at the ALN's input size that the paper's Sec. 3.2 thresholds: with
+    ``config.eval.map`` 'superpixel' (default) each superpixel's mean probability, the probability with which
+    training occludes it (Sec. 2.2), which needs SLIC on the host; with 'pixel' the network's raw per-pixel output,
+    which training constrains only through those means. ``masked`` shows the image with the pixels of
+    probability >= 0.5 occluded.
     """
     s = step_lib.Settings.from_config(config)
-    size = config.aln.image_size
+    size, sp = config.aln.image_size, config.slic
     fill = np.round((np.asarray(s.mean) + s.fill_value * np.asarray(s.std)) * 255)
 
     @jax.jit
-    def predict(params, images):
-        if images.shape[1:3] != (size, size):
-            images = jax.image.resize(images.astype(jnp.float32), (images.shape[0], size, size, 3), "linear")
+    def predict(params, images, segments):
         x = step_lib.normalise(images, s)
         prob = jax.nn.sigmoid(nnx.merge(corruption_def, params["corruption"])(x))
+        if segments is not None:
+            means = jax.vmap(masking.segment_means, (0, 0, None))(prob, segments, s.num_segments)
+            prob = jnp.take_along_axis(means, segments.reshape(len(means), -1), 1).reshape(prob.shape)
         logits = nnx.merge(classifier_def, params["classifier"])(x)
         masked = jnp.where(prob[..., None] >= 0.5, jnp.asarray(fill, jnp.float32), images.astype(jnp.float32))
         return dict(prob=prob, logits=logits, masked=jnp.clip(jnp.round(masked), 0, 255).astype(jnp.uint8))
 
     weights = {"corruption": params["corruption"]["params"], "classifier": params["classifier"]["params"]}
-    return lambda images: jax.tree.map(np.asarray, predict(weights, images))
+
+    def predict_fn(images):
+        if images.shape[1:3] != (size, size):
+            images = np.stack([np.round(transform.resize(im, (size, size), order=1, anti_aliasing=True,
+                                                         preserve_range=True)) for im in images]).astype(np.uint8)
+        segments = None
+        if config.eval.map == "superpixel":
+            segments = superpixels.slic_batch(images, sp.n_segments, sp.compactness, sp.sigma, sp.max_segments)
+            segments = segments.astype(np.int32)
+        return jax.tree.map(np.asarray, predict(weights, images, segments))
+
+    return predict_fn
 
 
 def make_strong_fn(config):

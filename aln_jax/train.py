@@ -39,7 +39,7 @@ def build_models(config: ml_collections.ConfigDict, num_classes: int):
     a = config.aln
     corruption = models.CorruptionNet(a.image_size, a.corruption_widths, a.bottleneck,
                                       rngs=nnx.Rngs(config.seed))
-    classifier = models.Classifier(num_classes, a.classifier_widths, rngs=nnx.Rngs(config.seed + 1))
+    classifier = models.Classifier(num_classes, a.classifier_widths, a.image_size, rngs=nnx.Rngs(config.seed + 1))
     return corruption, classifier
 
 
@@ -130,7 +130,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         rows = data.batch_indices(config.seed, i, len(train_data.labels), local, jax.process_index())
         batch = dict(data.local_batch(train_data, rows), position=position)
         batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
-        state, metrics = train_step(state, batch, key)
+        state, metrics = train_step(state, batch, key, i)
         metrics = _host(metrics)
         if not all(np.isfinite(v) for v in metrics.values()):
             manager.wait_until_finished()

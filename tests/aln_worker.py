@@ -41,13 +41,13 @@ def steps(out: str, num_steps: int = 3) -> None:
     rng = np.random.default_rng(0)
     grid = (np.arange(32)[:, None] // 8 * 4 + np.arange(32)[None, :] // 8).astype(np.uint8)  # 16 superpixels
     metrics = []
-    for _ in range(num_steps):
+    for i in range(num_steps):
         batch = dict(images=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
                      labels=rng.integers(0, 10, 8).astype(np.int32),
                      segments=np.broadcast_to(grid, (8, 32, 32)),
                      position=np.arange(8, dtype=np.int32))
         batch = {k: jax.device_put(v, NamedSharding(mesh, P("data"))) for k, v in batch.items()}
-        state, m = fn(state, batch, jax.random.key(0))
+        state, m = fn(state, batch, jax.random.key(0), i)
         metrics.append([float(m[k]) for k in sorted(m)])
     np.savez(out, metrics=np.array(metrics), devices=jax.device_count(), **flat(jax.device_get(state)))
 

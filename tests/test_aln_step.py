@@ -75,19 +75,16 @@ def _settings(**kw):
 
 def test_adaptive_rule_moves_lambda_and_switches_training():
     s = _settings(target_accuracy=0.1, lambda_rate=0.5, lambda_min=0.01, lambda_max=5.0)
-    no = jnp.asarray(False)
-    lam, train_k, train_c = step_lib.adapt(jnp.asarray(1.0), jnp.asarray(0.4), no, s)
-    assert float(lam) == pytest.approx(np.exp(-0.5)) and not bool(train_k) and bool(train_c)
-    lam, train_k, _ = step_lib.adapt(jnp.asarray(1.0), jnp.asarray(0.05), no, s)
+    lam, train_k = step_lib.adapt(jnp.asarray(1.0), jnp.asarray(0.4), s)
+    assert float(lam) == pytest.approx(np.exp(-0.5)) and not bool(train_k)
+    lam, train_k = step_lib.adapt(jnp.asarray(1.0), jnp.asarray(0.05), s)
     assert float(lam) == pytest.approx(np.exp(0.5)) and bool(train_k)
-    lam, train_k, _ = step_lib.adapt(jnp.asarray(1.0), jnp.asarray(0.1), no, s)  # at the target: both train
+    lam, train_k = step_lib.adapt(jnp.asarray(1.0), jnp.asarray(0.1), s)  # at the target: both train
     assert float(lam) > 1 and bool(train_k)
-    assert float(step_lib.adapt(jnp.asarray(4.0), jnp.asarray(0.0), no, s)[0]) == pytest.approx(5.0)  # clipped
-    assert float(step_lib.adapt(jnp.asarray(0.011), jnp.asarray(0.9), no, s)[0]) == pytest.approx(0.01)
+    assert float(step_lib.adapt(jnp.asarray(4.0), jnp.asarray(0.0), s)[0]) == pytest.approx(5.0)  # clipped
+    assert float(step_lib.adapt(jnp.asarray(0.011), jnp.asarray(0.9), s)[0]) == pytest.approx(0.01)
     frozen = _settings(freeze_classifier=True)
-    assert not bool(step_lib.adapt(jnp.asarray(1.0), jnp.asarray(0.0), no, frozen)[1])
-    lam, train_k, train_c = step_lib.adapt(jnp.asarray(1.0), jnp.asarray(0.9), jnp.asarray(True), frozen)
-    assert float(lam) == 1.0 and bool(train_k) and not bool(train_c)  # pre-training: classifier only
+    assert not bool(step_lib.adapt(jnp.asarray(1.0), jnp.asarray(0.0), frozen)[1])
 
 
 def test_deconv2x_equals_flax_conv_transpose():
@@ -106,14 +103,14 @@ def test_models_shapes():
     rngs = nnx.Rngs(0)
     corruption = models.CorruptionNet(32, (8, 16), 16, rngs=rngs)
     assert corruption(jnp.zeros((2, 32, 32, 3))).shape == (2, 32, 32)
-    assert models.Classifier(10, (4, 4, 8, 8), rngs=rngs)(jnp.zeros((2, 32, 32, 3))).shape == (2, 10)
+    assert models.Classifier(10, (4, 4, 8, 8), 32, rngs=rngs)(jnp.zeros((2, 32, 32, 3))).shape == (2, 10)
 
 
-def _one_step(freeze: bool, target: float):
+def _one_step(freeze: bool, target: float, pretrain: int = 0):
     c = config_lib.get_config("tiny")
-    c.train.freeze_classifier, c.train.target_accuracy, c.train.classifier_pretrain_steps = freeze, target, 0
+    c.train.freeze_classifier, c.train.target_accuracy, c.train.classifier_pretrain_steps = freeze, target, pretrain
     corruption = models.CorruptionNet(32, c.aln.corruption_widths, c.aln.bottleneck, rngs=nnx.Rngs(0))
-    classifier = models.Classifier(10, c.aln.classifier_widths, rngs=nnx.Rngs(1))
+    classifier = models.Classifier(10, c.aln.classifier_widths, 32, rngs=nnx.Rngs(1))
     tx_c, tx_k = optax.adam(1e-2), optax.adam(1e-2)
     state = step_lib.init_state(corruption, classifier, tx_c, tx_k, 1.0)
     before = jax.tree.map(np.asarray, state)
@@ -126,7 +123,7 @@ def _one_step(freeze: bool, target: float):
                  segments=np.tile(np.repeat(np.arange(16, dtype=np.uint8), 64).reshape(32, 32), (8, 1, 1)),
                  position=np.arange(8, dtype=np.int32))
     batch = {k: jax.device_put(v, NamedSharding(mesh, P("data"))) for k, v in batch.items()}
-    state, metrics = fn(jax.device_put(state, NamedSharding(mesh, P())), batch, jax.random.key(0))
+    state, metrics = fn(jax.device_put(state, NamedSharding(mesh, P())), batch, jax.random.key(0), 0)
     return before, jax.tree.map(np.asarray, state), jax.tree.map(float, metrics)
 
 
@@ -144,3 +141,6 @@ def test_step_trains_what_the_rule_says():
     assert m["accuracy_corrupted"] <= 0.99 and m["classifier_trained"] == 1.0
     assert _changed(before["classifier"]["params"], after["classifier"]["params"])
     assert float(after["lambda_reg"]) == pytest.approx(np.exp(0.01))
+    before, after, m = _one_step(freeze=True, target=0.5, pretrain=1)  # pre-training: the classifier alone
+    assert not _changed(before["corruption"], after["corruption"]) and float(after["lambda_reg"]) == 1.0
+    assert _changed(before["classifier"]["params"], after["classifier"]["params"]) and m["occluded_area"] == 0
