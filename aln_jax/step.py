@@ -20,6 +20,7 @@ the Sec. 3.4 ablation (classifier frozen after that) needs.
 """
 
 import dataclasses
+import re
 from typing import Any
 
 import jax
@@ -195,5 +196,7 @@ def make_mesh() -> Mesh:
 
 
 def tree_shapes(tree: Any) -> dict:
-    """{path: shape} of a pytree's leaves, for comparing a checkpoint with the config."""
-    return {jax.tree_util.keystr(k): tuple(np.shape(v)) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+    """{'a/b/0/c': shape} of a pytree's leaves (arrays or Orbax metadata), for comparing a checkpoint with the
+    config; paths are spelt alike whether a level is a dict, a list or a named tuple."""
+    return {"/".join(re.findall(r"\w+", jax.tree_util.keystr(k))): tuple(getattr(v, "shape", np.shape(v)))
+            for k, v in jax.tree_util.tree_leaves_with_path(tree)}

@@ -55,7 +55,7 @@ def check_workdir(config, workdir: str) -> None:
 
 def checkpoint_manager(config, workdir: str) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                                 options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
+                                 item_handlers=ocp.StandardCheckpointHandler(), options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
                                                                       enable_async_checkpointing=True))
 
 
@@ -68,7 +68,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, workdir: str)
     expected = step_lib.tree_shapes(abstract_state)
     for saved_step in sorted(manager.all_steps(), reverse=True):
         try:
-            stored = step_lib.tree_shapes(manager.item_metadata(saved_step))
+            metadata = manager.item_metadata(saved_step)
+            stored = step_lib.tree_shapes(getattr(metadata, "tree", metadata))
         except Exception as e:  # noqa: BLE001 - unreadable metadata is a corrupt checkpoint.
             logging.warning("checkpoint %d in %s is unreadable (%s); trying the previous one", saved_step, workdir, e)
             continue

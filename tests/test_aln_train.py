@@ -57,8 +57,10 @@ def test_four_devices_give_the_parameters_of_one(tmp_path):
     _finish(one), _finish(four)
     a, b = _load(tmp_path / "one.npz"), _load(tmp_path / "four.npz")
     assert int(a["devices"]) == 1 and int(b["devices"]) == 4
-    np.testing.assert_allclose(a["metrics"], b["metrics"], rtol=1e-4, atol=1e-5)
-    _assert_same_state(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a["metrics"], b["metrics"], rtol=1e-4, atol=1e-5)  # losses, accuracies, grad norm
+    # Adam divides each gradient by its own running scale, so a parameter whose gradient is near zero moves by a
+    # step of ~lr whatever its sign: float differences in the reduction order show at a fraction of lr (1e-2).
+    _assert_same_state(a, b, rtol=1e-4, atol=5e-5)
 
 
 def _free_port() -> int:
@@ -120,11 +122,11 @@ def test_corrupt_latest_checkpoint_falls_back_and_says_so(tmp_path):
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    work = str(tmp_path / "w")
-    _finish(_run(["train", work, str(tmp_path / "a.npz")]))
-    proc = _run(["train", work + "_nan", str(tmp_path / "b.npz"), "aln.fill_value=nan"])
+    work = str(tmp_path / "w")  # tiny: 2 classifier pre-training steps (no occlusion), then NaN from the fill
+    proc = _run(["train", work, str(tmp_path / "b.npz"), "aln.fill_value=nan", "checkpoint_every=1"])
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode != 0 and "non-finite loss at step 1" in out and "last good checkpoint is step 0" in out
+    assert proc.returncode != 0 and "non-finite loss at step 3" in out and "last good checkpoint is step 2" in out
+    assert sorted(os.listdir(os.path.join(work, "checkpoints"))) == ["1", "2"]
 
 
 def test_bad_configs_fail_in_one_line():
