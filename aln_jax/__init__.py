@@ -1,1 +1,1 @@
-"""Adversarial Localization Network (Fan, Zhao, Ermon): built by a later issue on top of ``eval`` and ``perturb_jax``."""
+"""Adversarial Localization Network (Fan, Zhao, Ermon), on top of ``eval`` and ``perturb_jax``: docs/aln.md."""

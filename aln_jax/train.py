@@ -54,9 +54,10 @@ def check_workdir(config, workdir: str) -> None:
 
 
 def checkpoint_manager(config, workdir: str) -> ocp.CheckpointManager:
+    """Asynchronous saves of the state every ``config.checkpoint_every`` steps, the last ``keep_checkpoints`` kept."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, enable_async_checkpointing=True)
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                                 item_handlers=ocp.StandardCheckpointHandler(), options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
-                                                                      enable_async_checkpointing=True))
+                                 item_handlers=ocp.StandardCheckpointHandler(), options=options)
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, workdir: str):
@@ -96,16 +97,32 @@ def _host(tree) -> dict:
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains to ``config.num_steps`` (resuming from the latest checkpoint); returns the final state on the host."""
-    num_classes = NUM_CLASSES[config.data.name]
-    corruption, classifier = build_models(config, num_classes)
+def _initial(config, mesh):
+    """(both networks, both optimisers, the initial state, its abstract twin replicated over ``mesh``)."""
+    corruption, classifier = build_models(config, NUM_CLASSES[config.data.name])
     tx_c, tx_k = optimisers(config)
-    mesh = step_lib.make_mesh()
-    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P(step_lib.AXIS))
     state = step_lib.init_state(corruption, classifier, tx_c, tx_k, config.train.lambda_reg)
+    replicated = NamedSharding(mesh, P())
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=replicated),
                             state)
+    return (corruption, classifier), (tx_c, tx_k), state, abstract
+
+
+def latest_state(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, int]:
+    """(state on the host, step) of ``workdir``'s latest readable checkpoint; ``FileNotFoundError`` without one."""
+    _, _, _, abstract = _initial(config, step_lib.make_mesh())
+    with checkpoint_manager(config, workdir) as manager:
+        state, step = restore_latest(manager, abstract, workdir)
+    if state is None:
+        raise FileNotFoundError(f"--workdir {workdir} holds no checkpoint; train it with python -m aln_jax.main")
+    return _host(state), step
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains to ``config.num_steps`` (resuming from the latest checkpoint); returns the final state on the host."""
+    mesh = step_lib.make_mesh()
+    (corruption, classifier), (tx_c, tx_k), state, abstract = _initial(config, mesh)
+    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P(step_lib.AXIS))
     manager = checkpoint_manager(config, workdir)
     restored, start = restore_latest(manager, abstract, workdir)
     state = restored if restored is not None else _replicate(state, replicated)

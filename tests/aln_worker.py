@@ -20,7 +20,7 @@ from absl import logging  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from aln_jax import config as config_lib, models, step as step_lib, train  # noqa: E402
+from aln_jax import config as config_lib, step as step_lib, train  # noqa: E402
 from perturb_jax import distributed  # noqa: E402
 
 
