@@ -11,7 +11,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -29,6 +29,8 @@ flags.mark_flags_as_required(["config", "workdirs", "out"])
 
 def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
     examples, _ = eval.datasets.load(config.data, config.data.eval_split)
     batch = [ex for ex, _ in zip(examples, range(config.eval.batch_size))]

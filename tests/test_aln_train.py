@@ -175,6 +175,12 @@ def test_full_train_and_evaluate_cycle_on_tiny_data(tmp_path):
     with open(os.path.join(work, "eval", "results.json")) as f:
         summary = json.load(f)["summary"]
     assert summary["num_images"]["eval"] == 16
+    png = str(tmp_path / "ablation.png")
+    ablation = subprocess.run([sys.executable, "-m", "aln_jax.ablation", "--config=configs/aln.py:tiny",
+                               f"--workdirs={work},{work}", f"--out={png}", "--num_images=3"], env=_env(1), cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+    assert ablation.returncode == 0, ablation.stderr[-3000:]
+    assert ablation.stdout.count("(step 6): occluded area") == 2 and os.path.getsize(png) > 0
     shutil.rmtree(os.path.join(work, "eval"))
     again = subprocess.run([sys.executable, "-m", "aln_jax.main", "--config=configs/aln.py:tiny",
                             f"--workdir={work}", "--config.aln.bottleneck=8"], env=_env(1), cwd=ROOT,
