@@ -11,7 +11,6 @@ localisation (that and the class right; Sec. 3.1: Metric 1 with the ALN's own cl
 stronger classifier). Maps and boxes are scored at ``data.image_size``; accuracies are fractions (higher is better).
 """
 
-import csv
 import io
 import json
 import os
@@ -450,13 +449,7 @@ def ablation_figure(path: str, images, prob_a, prob_b, labels=("co-trained", "cl
 def write_report(out_dir: str, config, summary: dict, per_image: list[dict], evaluation: dict) -> None:
     """Writes table.md, results.json (summary and per-image rows), results.csv and figure.png into ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump({"summary": summary, "per_image": per_image}, f, indent=1)
-    if per_image:
-        with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(per_image[0]))
-            writer.writeheader()
-            writer.writerows(per_image)
+    report.write_results(out_dir, summary, per_image)
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(markdown_table(summary))
     figure_path = os.path.join(out_dir, "figure.png")

@@ -82,14 +82,19 @@ def markdown_table(summary: dict, strategies) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def write_all(workdir: str, config, summary: dict, per_image: list[dict], evaluation: dict) -> None:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
+def write_results(directory: str, summary: dict, per_image: list[dict]) -> None:
+    """``results.json`` (the summary and the per-image rows) and ``results.csv`` (the rows) in ``directory``."""
+    with open(os.path.join(directory, "results.json"), "w") as f:
         json.dump({"summary": summary, "per_image": per_image}, f, indent=1)
     if per_image:
-        with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+        with open(os.path.join(directory, "results.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(per_image[0]))
             writer.writeheader()
             writer.writerows(per_image)
+
+
+def write_all(workdir: str, config, summary: dict, per_image: list[dict], evaluation: dict) -> None:
+    write_results(workdir, summary, per_image)
     with open(os.path.join(workdir, "table.md"), "w") as f:
         f.write(markdown_table(summary, config.protocol.strategies))
     figure_path = os.path.join(workdir, "figure.png")
