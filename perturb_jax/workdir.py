@@ -47,9 +47,11 @@ def check_fingerprint(config: ml_collections.ConfigDict, workdir: str, ignore=()
             diff = sorted(_diff_keys(stored, fields))
             raise ConfigError(f"--workdir {workdir} holds a run with another config (differs in "
                               f"{', '.join(diff)}); use a new --workdir or the same config")
-    elif write:
-        with open(path, "w") as f:
+    elif write:  # atomically: another process of the job may be reading it
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
             json.dump(fields, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
 
 
 def _diff_keys(a, b, prefix=""):
