@@ -6,6 +6,8 @@ cross-process collectives are gloo's. Must run before anything touches a JAX dev
 """
 
 import os
+import socket
+import time
 
 import jax
 from absl import logging
@@ -23,6 +25,20 @@ def _detected() -> str:
     if "," in hosts or any(v in os.environ for v in _TPU_POD_VARIABLES[1:]):
         return "TPU pod"
     return ""
+
+
+def _reachable(address: str, timeout: float) -> bool:
+    """Whether a TCP connection to 'host:port' opens within ``timeout`` seconds (retrying every half second)."""
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
 
 
 def initialize(cfg) -> None:
@@ -45,6 +61,12 @@ def initialize(cfg) -> None:
                           f"{cfg.num_processes}")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices only; GPUs and TPUs keep theirs.
     kwargs = {}
+    if cfg.coordinator_address and cfg.process_id > 0 and not _reachable(cfg.coordinator_address,
+                                                                         cfg.initialization_timeout):
+        # JAX's client aborts the process when it cannot connect: say why in one line first.
+        raise ConfigError(f"config.distributed.coordinator_address: nothing answers at {cfg.coordinator_address} "
+                          f"after {cfg.initialization_timeout} s; start process 0 (the coordinator) with the same "
+                          "address, or fix the address")
     if cfg.coordinator_address:
         kwargs = dict(coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes,
                       process_id=cfg.process_id)

@@ -193,3 +193,30 @@ def test_full_train_and_evaluate_cycle_on_tiny_data(tmp_path):
                            capture_output=True, text=True, timeout=600)
     last = again.stderr.strip().splitlines()[-1]
     assert again.returncode != 0 and last.startswith("error: --workdir") and "another config" in last
+
+
+def test_distributed_config_errors_are_one_line():
+    from perturb_jax import distributed  # noqa: PLC0415
+
+    c = config_lib.get_config("tiny").distributed
+    c.coordinator_address = "127.0.0.1:1"
+    with pytest.raises(ConfigError, match="num_processes >= 1 and distributed.process_id >= 0"):
+        distributed.initialize(c)
+    c.num_processes, c.process_id = 2, 2
+    with pytest.raises(ConfigError, match="process_id: 2 is not below num_processes 2"):
+        distributed.initialize(c)
+
+
+def test_unreachable_coordinator_fails_within_the_timeout(tmp_path):
+    code = ("import sys; from aln_jax import config; from perturb_jax import distributed\n"
+            "c = config.get_config('tiny').distributed\n"
+            "c.coordinator_address, c.num_processes, c.process_id = '127.0.0.1:%d', 2, 1\n"
+            "c.initialization_timeout = 5\n"
+            "try:\n    distributed.initialize(c)\nexcept Exception as e:\n    print('ERR', e); sys.exit(3)\n"
+            % _free_port())
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(1), cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 3, proc.stdout + proc.stderr[-2000:]
+    assert "ERR config.distributed.coordinator_address: nothing answers at 127.0.0.1:" in proc.stdout
+    assert time.time() - start < 60
