@@ -15,3 +15,29 @@ def parse_flags(argv):
             text = ast.literal_eval(text)
         message = " ".join(text.split())
         raise SystemExit(f"error: bad flag or config field: {message}") from None
+
+
+def run_job(job, config_help: str, workdir_help: str, errors: tuple = ()) -> None:
+    """The command line of a job: ``--config`` (an ml_collections file, locked) and ``--workdir``, then
+    ``job(config, workdir)``. A config, checkpoint or missing-file error (and any of ``errors``) is one line."""
+    from absl import app, logging  # noqa: PLC0415
+    from ml_collections import config_flags  # noqa: PLC0415
+
+    from perturb_jax.checkpoint import CheckpointError  # noqa: PLC0415
+    from perturb_jax.config import ConfigError  # noqa: PLC0415
+
+    config = config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+    workdir = flags.DEFINE_string("workdir", None, workdir_help)
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint at INFO; --verbosity=0 shows it.
+        try:
+            job(config.value, workdir.value)
+        except (ConfigError, CheckpointError, FileNotFoundError, *errors) as e:
+            raise SystemExit(f"error: {e}") from None
+
+    app.run(main, flags_parser=parse_flags)
