@@ -32,20 +32,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.distributed.process_id = -1
     c.distributed.initialization_timeout = 120  # seconds to reach the coordinator.
 
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "clutter_shapes"
-    c.data.builder_config = "default"
-    c.data.data_dir = ""  # TFDS data_dir; empty means TFDS's default.
-    c.data.manual_dir = ""
-    c.data.boxes = ""
-    c.data.order = "file_name"
-    c.data.resize = "squash"
-    c.data.folder = ""
-    c.data.eval_resolution = "model"
+    # The perceptual ball's data fields (the readers of eval.datasets take them), the same tuning and evaluation images.
+    base = perturb_config.get_config()
+    c.data = ml_collections.ConfigDict(base.data.to_dict())
     c.data.image_size = 64  # evaluation images (and the stronger classifier's input); the ALN sees aln.image_size.
     c.data.train_split = "train"
-    c.data.tune_split = "validation[:200]"  # the perceptual ball's tuning and evaluation images.
-    c.data.eval_split = "validation[1000:1500]"
     c.data.cache_dir = ""  # superpixel cache; empty means ~/.cache/perturb_jax/aln.
 
     c.model = ml_collections.ConfigDict()
@@ -85,10 +76,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.eval.compare_results = ()  # results.json files of perturb_jax.main runs to put in the same table.
     c.eval.num_figures = 16
 
-    c.protocol = ml_collections.ConfigDict()
-    base = perturb_config.get_config().protocol
-    for key in base:
-        c.protocol[key] = base[key]
+    c.protocol = ml_collections.ConfigDict(base.protocol.to_dict())
     if variant not in VARIANTS:
         raise ConfigError(f"config variant {variant!r} is unknown; known: {sorted(VARIANTS)}")
     VARIANTS[variant](c)
