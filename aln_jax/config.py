@@ -5,6 +5,8 @@ Every field can be overridden from the command line (``--config.train.target_acc
 compiled. The protocol fields are those of the perceptual ball (``perturb_jax.config``), so both are scored alike.
 """
 
+import os
+
 import ml_collections
 
 from perturb_jax import config as perturb_config
@@ -54,6 +56,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.aln.image_size = 64  # paper Sec. 3.3.
     c.aln.corruption_widths = (16, 32, 64, 128)  # encoder widths (ours); the decoder mirrors them.
     c.aln.bottleneck = 256  # the fully connected layer carrying global information (Sec. 2.1).
+    c.aln.classifier = "small"  # "small": the paper's 4-layer network; or a VGG19_bn checkpoint directory, fine-tuned.
     c.aln.classifier_widths = (16, 32, 64, 128)  # ours; the paper's "simple 4-layer convolutional network".
     c.aln.fill_value = 0.0  # occluded pixels, in normalised space (paper Sec. 2: "value 0").
 
@@ -67,6 +70,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.train.lambda_max = 100.0
     c.train.classifier_pretrain_steps = 3000  # ours: the classifier first learns the clean images (see step.py).
     c.train.classifier_clean_weight = 1.0  # ours; 0 is the paper's (corrupted images only), see step.py.
+    c.train.sigmoid_grad_floor = 0.0  # ours: > 0 keeps saturated occlusion probabilities trainable (masking.py).
     c.train.freeze_classifier = False  # paper Sec. 3.4's ablation: only the corruption network trains.
 
     c.eval = ml_collections.ConfigDict()
@@ -164,6 +168,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int)
               f"{tuple(a.classifier_widths)}")
     if any(w < 1 for w in (*a.corruption_widths, *a.classifier_widths, a.bottleneck)):
         _fail("aln.corruption_widths", "every width and aln.bottleneck must be >= 1")
+    if a.classifier != "small" and not os.path.isfile(os.path.join(a.classifier, "model.json")):
+        _fail("aln.classifier", f"must be 'small' or a VGG19_bn checkpoint directory holding model.json, got "
+              f"{a.classifier!r}")
     s = c.slic
     if not 1 <= s.max_segments <= 256:
         _fail("slic.max_segments", f"must be in 1-256 (segment ids are uint8), got {s.max_segments}")

@@ -21,7 +21,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from aln_jax import config as config_lib, data, evaluate, metrics_writer, models, predict, step as step_lib
-from perturb_jax import workdir as workdir_lib
+from perturb_jax import checkpoint, workdir as workdir_lib
+from perturb_jax.models import vgg
 from perturb_jax.config import ConfigError
 
 NUM_CLASSES = {"clutter_shapes": 10, "imagenet2012": 1000}
@@ -39,7 +40,13 @@ def build_models(config: ml_collections.ConfigDict, num_classes: int):
     a = config.aln
     corruption = models.CorruptionNet(a.image_size, a.corruption_widths, a.bottleneck,
                                       rngs=nnx.Rngs(config.seed))
-    classifier = models.Classifier(num_classes, a.classifier_widths, a.image_size, rngs=nnx.Rngs(config.seed + 1))
+    if a.classifier == "small":
+        classifier = models.Classifier(num_classes, a.classifier_widths, a.image_size, rngs=nnx.Rngs(config.seed + 1))
+    else:
+        classifier = vgg.FoldedVGG(checkpoint.load_model(a.classifier))
+        if classifier.fc[-1].out_features != num_classes:
+            raise ConfigError(f"config.aln.classifier: {a.classifier} has {classifier.fc[-1].out_features} classes, "
+                              f"{config.data.name} has {num_classes}; give a checkpoint trained on it or 'small'")
     return corruption, classifier
 
 

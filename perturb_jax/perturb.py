@@ -46,8 +46,11 @@ def explain_batch(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, l
     ``target``, ``margin`` and ``margin_adv`` (Eq. 1 before and after), ``loss``, ``steps``, ``failed``.
     """
 
+    model = nnx.merge(graphdef, state)
+    grad_kernels = model.input_grad_kernels()  # once per call, outside the optimiser's loop (see VGG19BN.__call__)
+
     def forward(x, relu_layers=()):
-        return nnx.merge(graphdef, state)(x, relu_layers)
+        return model(x, relu_layers, grad_kernels=grad_kernels)
 
     logits, ref_acts = forward(images, s.relu_layers)
     predicted = jnp.argmax(logits, axis=-1)

@@ -144,3 +144,46 @@ def test_step_trains_what_the_rule_says():
     before, after, m = _one_step(freeze=True, target=0.5, pretrain=1)  # pre-training: the classifier alone
     assert not _changed(before["corruption"], after["corruption"]) and float(after["lambda_reg"]) == 1.0
     assert _changed(before["classifier"]["params"], after["classifier"]["params"]) and m["occluded_area"] == 0
+
+
+def test_folded_vgg_gives_the_logits_of_vgg_in_eval_mode():
+    from perturb_jax.models.vgg import VGG19BN, FoldedVGG  # noqa: PLC0415
+    vgg = VGG19BN(10, 16, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    for bn in vgg.bns:  # non-trivial statistics and affine terms, so that folding them is tested
+        n = bn.scale.value.shape[0]
+        bn.mean.value = jnp.asarray(rng.normal(0, 0.5, n), jnp.float32)
+        bn.var.value = jnp.asarray(rng.uniform(0.2, 2.0, n), jnp.float32)
+        bn.scale.value = jnp.asarray(rng.uniform(0.5, 1.5, n), jnp.float32)
+        bn.bias.value = jnp.asarray(rng.normal(0, 0.2, n), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32)
+    expected = np.asarray(vgg(x)[0])
+    folded = FoldedVGG(vgg)
+    np.testing.assert_allclose(np.asarray(folded(x)), expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    assert all(isinstance(v, nnx.Param) for _, v in nnx.iter_graph(folded) if isinstance(v, nnx.Variable))
+
+
+class _RegionClassifier(nnx.Module):
+    """Logit 0 is 4 x the mean of the pixels of rows 0-7 (segment 0 below), the other logits are 0: occluding that
+    segment alone (fill 0) confuses it completely."""
+
+    def __init__(self):
+        self.w = nnx.Param(jnp.asarray(4.0))
+
+    def __call__(self, x):
+        top = self.w.value * jnp.mean(x[:, :8], axis=(1, 2, 3))
+        return jnp.concatenate([top[:, None], jnp.zeros((len(x), 3))], axis=1)
+
+
+def test_per_image_masks_find_the_segment_the_classifier_uses():
+    from aln_jax import per_image  # noqa: PLC0415
+    graphdef, params = nnx.split(_RegionClassifier())
+    x = jnp.ones((2, 32, 32, 3))
+    segments = jnp.tile(jnp.repeat(jnp.arange(4, dtype=jnp.int32), 256).reshape(32, 32), (2, 1, 1))
+    tx = optax.adam(0.1)
+    theta = jnp.zeros((2, 4))
+    opt, step = tx.init(theta), per_image.make_mask_step(graphdef, tx, 0.0)
+    for i in range(150):
+        theta, opt, _ = step(theta, opt, params, x, segments, jnp.zeros(2, jnp.int32), 0.5, jax.random.key(i))
+    p = np.asarray(jax.nn.sigmoid(theta))
+    assert (p[:, 0] > 0.9).all() and (p[:, 1:] < 0.1).all(), p

@@ -151,11 +151,20 @@ def test_bad_configs_fail_in_one_line():
     fails("aln.image_size", aln__image_size=30)
     fails("slic.n_segments", slic__n_segments=300)
     fails("data.tune_split", data__tune_split="validation[:10]")
+    fails("aln.classifier", aln__classifier="/no/such/checkpoint")
     c = config_lib.get_config("tiny")
     with pytest.raises(ConfigError, match="batch_size"):
         config_lib.validate(c, 3, 1)
     with pytest.raises(ConfigError, match="batch_size"):
         config_lib.validate(c, 1, 3)
+
+
+def test_classifier_checkpoint_of_other_classes_is_refused():
+    c = config_lib.get_config("imagenet")
+    from perturb_jax.config import EMBEDDED_CHECKPOINT  # noqa: PLC0415
+    c.aln.classifier = EMBEDDED_CHECKPOINT
+    with pytest.raises(ConfigError, match="aln.classifier: .* has 10 classes, imagenet2012 has 1000"):
+        train.build_models(c, 1000)
 
 
 def test_checkpoint_of_other_shapes_is_refused(tmp_path):

@@ -54,6 +54,41 @@ def adaptive_avg_pool(x: jax.Array, size_out: int) -> jax.Array:
     return jnp.einsum("oh,bhwc,pw->bopc", ph, x, pw)
 
 
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_NHWC)
+
+
+def input_grad_kernel(kernel: jax.Array) -> jax.Array:
+    """The HWIO kernel whose 'SAME' convolution is the input gradient of ``kernel``'s: flipped in space, in and out
+    channels swapped (stride 1, odd size)."""
+    return jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+
+
+@jax.custom_vjp
+def conv_same(x: jax.Array, kernel: jax.Array, grad_kernel: jax.Array) -> jax.Array:
+    """A stride-1 'SAME' convolution whose input gradient convolves with ``grad_kernel`` = ``input_grad_kernel(
+    kernel)``, made once by the caller. Same values and gradients as the plain convolution; the point is XLA:CPU,
+    which inside a loop body emits the transposed-kernel convolution of the automatic gradient on a slow path
+    (BENCHMARKS.md, "the explainer's step") but this forward-form convolution on its fast one."""
+    return _conv(x, kernel)
+
+
+def _conv_same_fwd(x, kernel, grad_kernel):
+    return _conv(x, kernel), (x, kernel, grad_kernel)
+
+
+def _conv_same_bwd(residuals, g):
+    x, kernel, grad_kernel = residuals
+    kernel_grad = jax.vjp(lambda k: _conv(x, k), kernel)[1](g)[0]  # removed by XLA where no one asks for it
+    return _conv(g, grad_kernel), kernel_grad, jnp.zeros_like(grad_kernel)
+
+
+conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
+
+
 def _conv_init():
     # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), bias 0.
     return jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -80,9 +115,15 @@ class VGG19BN(nnx.Module):
                             nnx.Linear(hidden, num_classes, **dense)])
         self.dropout = nnx.Dropout(dropout)
 
+    def input_grad_kernels(self) -> list[jax.Array]:
+        """``input_grad_kernel`` of every convolution, for ``__call__(..., grad_kernels=)``."""
+        return [input_grad_kernel(conv.kernel.value) for conv in self.convs]
+
     def __call__(self, x: jax.Array, relu_layers: Iterable[int] = (), *, train: bool = False,
-                 rngs: nnx.Rngs | None = None):
-        """``train=True`` uses batch statistics and dropout, whose keys come from ``rngs`` (a ``dropout`` stream)."""
+                 rngs: nnx.Rngs | None = None, grad_kernels: list[jax.Array] | None = None):
+        """``train=True`` uses batch statistics and dropout, whose keys come from ``rngs`` (a ``dropout`` stream).
+        ``grad_kernels`` (``input_grad_kernels()``, made outside a loop that differentiates this call) routes every
+        convolution through ``conv_same``: same numbers, XLA:CPU's fast path for the input gradient."""
         wanted = frozenset(relu_layers)
         acts = {}
         k = 0
@@ -90,7 +131,9 @@ class VGG19BN(nnx.Module):
             if v == "M":
                 x = nnx.max_pool(x, (2, 2), strides=(2, 2))
                 continue
-            x = nnx.relu(self.bns[k](self.convs[k](x), use_running_average=not train))
+            conv = self.convs[k]
+            h = conv(x) if grad_kernels is None else conv_same(x, conv.kernel.value, grad_kernels[k]) + conv.bias.value
+            x = nnx.relu(self.bns[k](h, use_running_average=not train))
             k += 1
             if k in wanted:
                 acts[k] = x
@@ -99,3 +142,36 @@ class VGG19BN(nnx.Module):
         x = self.dropout(nnx.relu(self.fc[0](x)), deterministic=not train, rngs=rngs)
         x = self.dropout(nnx.relu(self.fc[1](x)), deterministic=not train, rngs=rngs)
         return self.fc[2](x), acts
+
+
+class FoldedVGG(nnx.Module):
+    """A trained ``VGG19BN`` in inference form with each batch norm folded into its convolution: the same logits
+    as ``vgg(x)`` (eval mode), every weight an ``nnx.Param`` that a training step can fine-tune (the ALN's
+    ``aln.classifier`` option).
+
+    BN(conv(x)) = conv(x) * g + (b - mu) * g + beta with g = gamma / sqrt(var + eps), per output channel.
+    """
+
+    def __init__(self, vgg: VGG19BN):
+        self.convs = nnx.List()
+        for conv, bn in zip(vgg.convs, vgg.bns):
+            g = bn.scale.value / jnp.sqrt(bn.var.value + bn.epsilon)
+            folded = nnx.Conv(conv.in_features, conv.out_features, (3, 3), padding="SAME", rngs=nnx.Rngs(0))
+            folded.kernel.value = conv.kernel.value * g
+            folded.bias.value = (conv.bias.value - bn.mean.value) * g + bn.bias.value
+            self.convs.append(folded)
+        self.fc = nnx.List([nnx.Linear(f.in_features, f.out_features, rngs=nnx.Rngs(0)) for f in vgg.fc])
+        for mine, theirs in zip(self.fc, vgg.fc):
+            mine.kernel.value, mine.bias.value = theirs.kernel.value, theirs.bias.value
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = 0
+        for v in VGG19_CFG:
+            if v == "M":
+                x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+            else:
+                x = nnx.relu(self.convs[k](x))
+                k += 1
+        x = adaptive_avg_pool(x, 7).reshape(x.shape[0], -1)
+        x = nnx.relu(self.fc[0](x))
+        return self.fc[2](nnx.relu(self.fc[1](x)))
