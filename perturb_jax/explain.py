@@ -6,6 +6,7 @@ gives identical numbers. The batch is sharded over every device along a one-axis
 """
 
 import os
+import time
 
 import jax
 import ml_collections
@@ -67,6 +68,7 @@ def explain_split(config, workdir: str, split_name: str, split: str, explain_fn,
     for index, (batch, skipped) in enumerate(_batches(examples, config.batch_size)):
         path = results_store.batch_path(workdir, split_name, index)
         if not os.path.exists(path):
+            start = time.perf_counter()
             out = _explain_one_batch(explain_fn, state, batch, config, batch_sharding) if batch else {}
             out["skipped_id"] = np.array([ex["image_id"] for ex in skipped], dtype=str)
             out["skipped_reason"] = np.array([ex["error"] for ex in skipped], dtype=str)
@@ -77,6 +79,7 @@ def explain_split(config, workdir: str, split_name: str, split: str, explain_fn,
                 logging.warning("%s batch %d: %d images failed (non-finite loss), %d skipped", split_name, index,
                                 failed, len(skipped))
             results_store.write_batch(path, out)
+            logging.info("%s batch %d: %d images in %.1f s", split_name, index, len(batch), time.perf_counter() - start)
         progress.update(len(batch) + len(skipped))
 
 
