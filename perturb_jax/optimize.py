@@ -48,13 +48,17 @@ def _optax_minimize(opt: optax.GradientTransformationExtraArgs, value_and_grad: 
 
 
 def minimize(value_fn: Callable, x0: jax.Array, *, optimizer: str, max_iter: int, learning_rate: float,
-             history_size: int, tolerance_grad: float, tolerance_change: float) -> lbfgs.LbfgsResult:
-    """Minimises the scalar ``value_fn`` over the flat vector ``x0`` with the named optimiser."""
+             history_size: int, tolerance_grad: float, tolerance_change: float,
+             axis_name: str | None = None) -> lbfgs.LbfgsResult:
+    """Minimises the scalar ``value_fn`` over the flat vector ``x0`` with the named optimiser.
+
+    ``axis_name``: the name of the ``vmap`` axis this runs under, if any; L-BFGS uses it to run one loop for the
+    batch without copying its history per iteration (``lbfgs.minimize``). The optax loops ignore it."""
     value_and_grad = jax.value_and_grad(value_fn)
     tolerances = dict(tolerance_grad=tolerance_grad, tolerance_change=tolerance_change)
     if optimizer == "lbfgs":
         return lbfgs.minimize(value_and_grad, x0, max_iter=max_iter, lr=learning_rate, history_size=history_size,
-                              **tolerances)
+                              axis_name=axis_name, **tolerances)
     if optimizer == "optax_lbfgs":
         opt = optax.lbfgs(memory_size=history_size)
         return _optax_minimize(opt, value_and_grad, value_fn, x0, max_iter=max_iter, from_state=True, **tolerances)

@@ -67,9 +67,10 @@ def explain_batch(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, l
 
         return optimize.minimize(value_fn, x.reshape(-1), optimizer=s.optimizer, max_iter=s.max_steps,
                                  learning_rate=s.learning_rate, history_size=s.history_size,
-                                 tolerance_grad=s.tolerance_grad, tolerance_change=s.tolerance_change)
+                                 tolerance_grad=s.tolerance_grad, tolerance_change=s.tolerance_change,
+                                 axis_name="batch")
 
-    result = jax.vmap(one_image)(images, ref_acts, target)
+    result = jax.vmap(one_image, axis_name="batch")(images, ref_acts, target)
     x_adv = result.x.reshape(images.shape)
     pert = saliency.perturbation_norm(x_adv, images)
     maps = saliency.guided(pert, grads) if s.guided else pert
