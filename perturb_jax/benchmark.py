@@ -1,9 +1,14 @@
 r"""Speed and memory of the perceptual-ball optimisation: our jitted JAX explainer against the PyTorch reference.
 
-    python -m perturb_jax.benchmark --steps=10 --batch_sizes_embedded=1,8,32 --batch_sizes_full=1,4 \
-        --full_steps=4 --out=/tmp/bench.json
+    python -m perturb_jax.benchmark --batch_sizes_embedded=1,32 --batch_sizes_full=1 --out=/tmp/bench.json
+    python -m perturb_jax.benchmark --profile --batch_sizes_embedded=1,32 --batch_sizes_full=1
 
-What is timed, at equal steps (both L-BFGS tolerances 0, so each side runs a fixed number of iterations):
+What is timed, at equal steps (both L-BFGS tolerances 0, so each side runs a fixed number of iterations), at two
+step counts (``--steps`` and ``default_steps_lo``): the per-step cost is the difference of the fastest calls divided
+by the difference of the iterations taken, so the work done once per call (reported apart) does not dilute it; and
+the bare pass of the same model on the same batch (``bare_pass_jax``, torch's alike: the forward pass with the
+perceptual taps and its input gradient), the floor of a step. ``--profile`` splits our step into its parts instead
+(``profile``).
 
 * ours: ``perturb.make_explain_fn`` with the guided config's settings (``configs/guided.py``: ReLU layers 2-13,
   lam' = 1e4, lam = 1, history 100), the whole explanation of a batch: reference forward pass, input gradient
@@ -14,8 +19,8 @@ What is timed, at equal steps (both L-BFGS tolerances 0, so each side runs a fix
   weights frozen (``requires_grad_(False)``; only the input gets a gradient), ``torch.set_num_threads(cores)``.
   It does less than ours: no input gradient, final margin or maps, so at few steps the ratio is conservative.
 
-The speed ratio is ours over torch's images per second, of the mean calls and (in brackets) of the fastest calls,
-which suffer less from other processes on a shared CPU (torch's OpenMP threads stall when a core is taken).
+The speed ratio is torch's per-step cost over ours (fastest calls, which suffer less from other processes on a
+shared CPU: torch's OpenMP threads stall when a core is taken).
 
 torch's batched L-BFGS shares one curvature history and step scaling across the batch, ours keeps one per image;
 at equal steps both do the same forward and backward pass per step on the whole batch (the per-image two-loop
@@ -61,7 +66,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from perturb_jax import checkpoint, config, convert_weights, objective, perturb
+from perturb_jax import checkpoint, config, convert_weights, lbfgs, objective, perturb
 from perturb_jax.models.vgg import NUM_RELUS, RELU_TO_TORCH_INDEX, VGG19BN
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -219,7 +224,32 @@ def _planned_mb(compiled) -> float | None:
     return total / 2**20
 
 
-def measure_jax(model_name: str, batch_size: int, steps: int, repeats: int, dtype: str = "float32") -> dict:
+def bare_pass_jax(graphdef, relu_layers):
+    """``f(state, x)``: one forward pass with the perceptual taps and its gradient with respect to the input, the
+    least a step of the explainer must do (the floor of its per-step cost)."""
+
+    def f(state, x):
+        def total(z):
+            logits, acts = nnx.merge(graphdef, state)(z, relu_layers)
+            return logits[:, 0].sum() + sum(a.sum() for a in acts.values())
+
+        return jax.grad(total)(x)
+
+    return f
+
+
+def _marginal(times, steps, times_lo, steps_lo, bare_times) -> dict:
+    """Per-step cost from two step counts (fastest calls), the work done once per call, and the bare pass."""
+    if steps == steps_lo:
+        return dict(bare_ms=1e3 * min(bare_times))
+    per_step = (min(times) - min(times_lo)) / (steps - steps_lo)
+    return dict(steps_lo=steps_lo, call_s_lo=min(times_lo), marginal_ms_per_step=1e3 * per_step,
+                once_ms=1e3 * (min(times_lo) - steps_lo * per_step), bare_ms=1e3 * min(bare_times),
+                step_over_bare=per_step / min(bare_times))
+
+
+def measure_jax(model_name: str, batch_size: int, steps: int, repeats: int, dtype: str = "float32",
+                steps_lo: int | None = None) -> dict:
     """Compiles and times our explainer on one batch; see the module docstring for what is measured."""
     tmodel, pure, weights = build_weights(model_name)
     del tmodel
@@ -233,30 +263,111 @@ def measure_jax(model_name: str, batch_size: int, steps: int, repeats: int, dtyp
     x = jax.device_put(jnp.asarray(images(batch_size, size), dt), device)
     labels = jax.device_put(jnp.zeros((batch_size,), jnp.int32), device)
     s = settings(steps)
+    steps_lo = default_steps_lo(steps) if steps_lo is None else steps_lo
 
     start = time.perf_counter()
     lowered = perturb.make_explain_fn(graphdef, s).lower(state, x, labels)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
+    compiled_lo = perturb.make_explain_fn(graphdef, settings(steps_lo)).lower(state, x, labels).compile()
+    bare = jax.jit(bare_pass_jax(graphdef, s.relu_layers)).lower(state, x).compile()
 
     memory = PeakMemory("host" if device.platform == "cpu" else "device", device)
-    out = {}
+    out, out_lo = {}, {}
 
     def call():
         out.update(compiled(state, x, labels))
         return out
 
+    def call_lo():
+        out_lo.update(compiled_lo(state, x, labels))
+        return out_lo
+
     times = _timed(call, jax.block_until_ready, repeats)
     peak_mb = memory.peak_mb()
+    times_lo = _timed(call_lo, jax.block_until_ready, repeats)
+    bare_times = _timed(lambda: bare(state, x), jax.block_until_ready, max(repeats, 5))
     return dict(impl="jax", device=f"{device.platform}: {device.device_kind}", dtype=dtype,
                 trace_lower_s=lowered_at - start, compile_s=compile_s, planned_mb=_planned_mb(compiled),
                 flops_per_step=step_flops(graphdef, state, x, s), failed=int(np.sum(out["failed"])),
                 **_summary(model_name, weights, batch_size, steps, int(np.max(out["steps"])), times, peak_mb,
-                           memory.method))
+                           memory.method),
+                **_marginal(times, int(np.max(out["steps"])), times_lo, int(np.max(out_lo["steps"])), bare_times))
 
 
-def measure_torch(model_name: str, batch_size: int, steps: int, repeats: int) -> dict:
+def profile(model_name: str, batch_size: int, steps: int, repeats: int = 5) -> dict:
+    """Where one explainer step goes (ms, fastest of ``repeats`` calls, each part jitted apart on the same batch).
+
+    ``forward``: the taps' forward pass; ``bare``: it and its input gradient; ``objective``: value and input gradient
+    of Eq. (4), vmapped per image as inside the loop (margin and perceptual terms added to the bare pass);
+    ``lbfgs``: the L-BFGS update and loop alone, per step, on a cheap function (softplus) of the same size and
+    history; ``step``: the explainer's marginal step; ``once``: the explainer's work done once per call (reference
+    pass, guided gradient, final pass, maps).
+    """
+    _, pure, _ = build_weights(model_name)
+    num_classes, width_divisor, size = MODELS[model_name]
+    graphdef, state = nnx.split(convert_weights.build_model(pure, num_classes, width_divisor))
+    x = jnp.asarray(images(batch_size, size))
+    labels = jnp.zeros((batch_size,), jnp.int32)
+    s = settings(steps)
+
+    def ms(fn, *args):
+        compiled = jax.jit(fn).lower(*args).compile()
+        return 1e3 * min(_timed(lambda: compiled(*args), jax.block_until_ready, repeats))
+
+    def objective_grad(state, x, x_adv, target):
+        model = nnx.merge(graphdef, state)
+        grad_kernels = model.input_grad_kernels()
+        _, ref = jax.lax.stop_gradient(model(x, s.relu_layers))
+
+        def one(z, x1, r, t):
+            def value(z):
+                logits, acts = model(z[None], s.relu_layers, grad_kernels=grad_kernels)
+                return objective.perceptual_ball_loss(
+                    logits[0], {k: a[0] for k, a in acts.items()}, r, z, x1, t, lam_perceptual=s.lam_perceptual,
+                    lam_pixel=s.lam_pixel, target_margin=s.target_margin, reduction=s.reduction)
+            return jax.value_and_grad(value)(z)
+
+        return jax.vmap(one)(x_adv, x, ref, target)
+
+    def lbfgs_only(k):
+        def run(x):
+            value_and_grad = jax.value_and_grad(lambda z: jnp.sum(jax.nn.softplus(z)))  # never converges
+            return jax.vmap(lambda x0: lbfgs.minimize(value_and_grad, x0, max_iter=k, history_size=steps,
+                                                      tolerance_grad=0.0, tolerance_change=0.0, axis_name="batch"),
+                            axis_name="batch")(x.reshape(len(x), -1)).x
+        return run
+
+    steps_lo = default_steps_lo(steps)
+    fwd = ms(lambda st, x: nnx.merge(graphdef, st)(x, s.relu_layers), state, x)
+    with_ref = ms(objective_grad, state, x, x + 0.01, labels)
+    lbfgs_step = (ms(lbfgs_only(steps), x) - ms(lbfgs_only(steps_lo), x)) / (steps - steps_lo)
+    explain = {k: ms(perturb.make_explain_fn(graphdef, settings(k)), state, x, labels) for k in (steps_lo, steps)}
+    step = (explain[steps] - explain[steps_lo]) / (steps - steps_lo)
+    return dict(model=model_name, batch_size=batch_size, steps=steps, forward=fwd,
+                bare=ms(bare_pass_jax(graphdef, s.relu_layers), state, x), objective=with_ref - fwd,
+                lbfgs=lbfgs_step, step=step, once=explain[steps_lo] - steps_lo * step)
+
+
+def profile_table(rows: list[dict]) -> str:
+    """Markdown: each part in ms and as a share of the explainer's marginal step."""
+    parts = ("forward", "bare", "objective", "lbfgs", "step", "once")
+    lines = ["| model | batch | " + " | ".join(f"{p} ms (share of step)" for p in parts) + " |",
+             "|---|---:|" + "---:|" * len(parts)]
+    for r in rows:
+        cells = [f"{r[p]:.1f} ({r[p] / r['step']:.2f})" if p != "once" else f"{r[p]:.0f}" for p in parts]
+        lines.append(f"| {r['model']} | {r['batch_size']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def default_steps_lo(steps: int) -> int:
+    """The lower of the two step counts that the per-step cost is taken between: at least 4, the fewest that torch's
+    ``max_eval`` (``max_iter * 5 // 4``) lets run to the end (see ``torch_iterations``)."""
+    return max(4, steps // 3)
+
+
+def measure_torch(model_name: str, batch_size: int, steps: int, repeats: int, steps_lo: int | None = None) -> dict:
     """Times ``torch_reference.perceptual_ball`` on one batch, on CUDA when available."""
     import torch  # noqa: PLC0415 - optional dependency.
 
@@ -269,22 +380,32 @@ def measure_torch(model_name: str, batch_size: int, steps: int, repeats: int) ->
     x = torch.from_numpy(images(batch_size, MODELS[model_name][2]).transpose(0, 3, 1, 2).copy()).to(device)
     s = settings(steps)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    evaluations = []
+    steps_lo = default_steps_lo(steps) if steps_lo is None else steps_lo
+    evaluations = {}
 
-    def call():
+    def call(max_iter):
         _, n = torch_reference.perceptual_ball(
             tmodel, x, relu_layers=s.relu_layers, lam_perceptual=s.lam_perceptual, lam_pixel=s.lam_pixel,
-            value=s.target_margin, max_iter=steps, history_size=s.history_size, tolerance_grad=0.0,
+            value=s.target_margin, max_iter=max_iter, history_size=s.history_size, tolerance_grad=0.0,
             tolerance_change=0.0)
-        evaluations.append(n)
+        evaluations[max_iter] = n
+
+    def bare():
+        z = x.clone().requires_grad_(True)
+        logits, acts = torch_reference.forward_with_relus(tmodel, z, s.relu_layers)
+        (logits[:, 0].sum() + sum(a.sum() for a in acts.values())).backward()
+        return z.grad
 
     memory = PeakMemory("cuda" if device.type == "cuda" else "host")
-    times = _timed(call, lambda _: sync(), repeats)
+    times = _timed(lambda: call(steps), lambda _: sync(), repeats)
     peak_mb = memory.peak_mb()
+    times_lo = _timed(lambda: call(steps_lo), lambda _: sync(), repeats)
+    bare_times = _timed(bare, lambda _: sync(), max(repeats, 5))
     name = f"cuda: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "cpu"
+    taken = torch_iterations(steps, evaluations[steps])
     return dict(impl="torch", device=name, dtype="float32", threads=torch.get_num_threads(),
-                **_summary(model_name, weights, batch_size, steps, torch_iterations(steps, evaluations[-1]), times,
-                           peak_mb, memory.method))
+                **_summary(model_name, weights, batch_size, steps, taken, times, peak_mb, memory.method),
+                **_marginal(times, taken, times_lo, torch_iterations(steps_lo, evaluations[steps_lo]), bare_times))
 
 
 def torch_iterations(max_iter: int, evaluations: int) -> int:
@@ -345,8 +466,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("models", list(MODELS), f"models to run, from {list(MODELS)}")
 flags.DEFINE_list("batch_sizes_embedded", ["1", "8", "32"], "batch sizes of the embedded model")
 flags.DEFINE_list("batch_sizes_full", ["1", "4"], "batch sizes of full224")
-flags.DEFINE_integer("steps", 10, "L-BFGS max_iter of the embedded model (iterations taken: see the docstring)")
-flags.DEFINE_integer("full_steps", 4, "L-BFGS max_iter of full224 (~1-3 s per step per image on a small CPU)")
+flags.DEFINE_integer("steps", 30, "L-BFGS max_iter of the embedded model (iterations taken: see the docstring); "
+                     "each configuration also runs steps // 3, and the per-step cost is the difference")
+flags.DEFINE_integer("full_steps", 12, "L-BFGS max_iter of full224 (~1-3 s per step per image on a small CPU)")
 flags.DEFINE_integer("repeats", 3, "timed calls after one warm-up (embedded)")
 flags.DEFINE_integer("full_repeats", 1, "timed calls after one warm-up (full224)")
 flags.DEFINE_bool("torch", None, "also time the torch reference; default: when torch is importable")
@@ -355,6 +477,8 @@ flags.DEFINE_float("peak_tflops", None, "device peak TFLOP/s for the model FLOP 
                    "989 bf16, 67 fp32)")
 flags.DEFINE_string("out", None, "JSON file of the platform and every measurement")
 flags.DEFINE_bool("platform", False, "print the platform information and exit")
+flags.DEFINE_bool("profile", False, "instead of the comparison: where one explainer step goes (``profile``), for "
+                  "each model and batch size; JAX only")
 flags.DEFINE_string("worker", None, "internal: IMPL:MODEL:BATCH measured in this process, JSON written to --out")
 
 
@@ -379,22 +503,24 @@ def _fmt(value, spec: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """The markdown table: one row per model and batch size; the ratio is of mean calls, then of fastest calls."""
-    lines = ["| model | batch | steps JAX/torch | JAX compile s | JAX ms/step | JAX img/s | JAX peak MB | JAX TFLOP/s | "
-             "torch ms/step | torch img/s | torch peak MB | speed ratio JAX/torch (fastest calls) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """The markdown table: one row per model and batch size. Per-step costs are marginal (between two step counts,
+    fastest calls), next to the bare forward+input-gradient pass of the same model and batch; the speed ratio is
+    torch's marginal step over ours."""
+    lines = ["| model | batch | steps lo-hi JAX / torch | JAX bare ms | JAX ms/step | JAX step/bare | JAX once ms | "
+             "torch bare ms | torch ms/step | torch step/bare | speed ratio JAX/torch per step | JAX compile s | "
+             "JAX peak MB | torch peak MB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         j, t = row.get("jax", {}), row.get("torch", {})
-        steps = "/".join(str(r["steps"]) for r in (j, t) if "steps" in r) or "-"
-        tflops = _fmt(j.get("tflops"), ".3g") + (f" ({100 * j['mfu']:.1f}% MFU)" if "mfu" in j else "")
+        steps = " / ".join(f"{r.get('steps_lo', '-')}-{r['steps']}" for r in (j, t) if "steps" in r) or "-"
         errors = "; ".join(f"{k}: {r['error']}" for k, r in (("JAX", j), ("torch", t)) if "error" in r)
-        ratio = f"{_fmt(row.get('ratio'), '.2f')} ({_fmt(row.get('ratio_of_fastest_calls'), '.2f')})"
         lines.append(
-            f"| {row['model']} | {row['batch_size']} | {steps} | {_fmt(j.get('compile_s'), '.1f')} | "
-            f"{_fmt(j.get('ms_per_step'), '.1f')} | {_fmt(j.get('images_per_s'), '.3g')} | "
-            f"{_fmt(j.get('peak_mb'), '.0f')} | {tflops} | {_fmt(t.get('ms_per_step'), '.1f')} | "
-            f"{_fmt(t.get('images_per_s'), '.3g')} | {_fmt(t.get('peak_mb'), '.0f')} | "
-            f"{errors or ratio} |")
+            f"| {row['model']} | {row['batch_size']} | {steps} | {_fmt(j.get('bare_ms'), '.1f')} | "
+            f"{_fmt(j.get('marginal_ms_per_step'), '.1f')} | {_fmt(j.get('step_over_bare'), '.2f')} | "
+            f"{_fmt(j.get('once_ms'), '.0f')} | {_fmt(t.get('bare_ms'), '.1f')} | "
+            f"{_fmt(t.get('marginal_ms_per_step'), '.1f')} | {_fmt(t.get('step_over_bare'), '.2f')} | "
+            f"{errors or _fmt(row.get('ratio'), '.2f')} | {_fmt(j.get('compile_s'), '.1f')} | "
+            f"{_fmt(j.get('peak_mb'), '.0f')} | {_fmt(t.get('peak_mb'), '.0f')} |")
     return "\n".join(lines)
 
 
@@ -419,6 +545,13 @@ def main(argv):
         return
     plan = {"embedded": (FLAGS.batch_sizes_embedded, FLAGS.steps, FLAGS.repeats),
             "full224": (FLAGS.batch_sizes_full, FLAGS.full_steps, FLAGS.full_repeats)}
+    if FLAGS.profile:
+        rows = [profile(m, int(b), plan[m][1], max(plan[m][2], 3)) for m in FLAGS.models for b in plan[m][0]]
+        print(profile_table(rows))
+        if FLAGS.out:
+            with open(FLAGS.out, "w") as f:
+                json.dump(dict(date=datetime.date.today().isoformat(), platform=info, profile=rows), f, indent=2)
+        return
     rows = []
     for model_name in FLAGS.models:
         batch_sizes, steps, repeats = plan[model_name]
@@ -427,9 +560,8 @@ def main(argv):
             for impl in IMPLEMENTATIONS if use_torch else ("jax",):
                 row[impl] = _run_worker(impl, model_name, batch, steps, repeats)
                 print(f"{model_name} batch {batch} {impl}: " + json.dumps(row[impl]), flush=True)
-            if "images_per_s" in row.get("jax", {}) and "images_per_s" in row.get("torch", {}):
-                row["ratio"] = row["jax"]["images_per_s"] / row["torch"]["images_per_s"]
-                row["ratio_of_fastest_calls"] = row["torch"]["call_s_min"] / row["jax"]["call_s_min"]
+            if "marginal_ms_per_step" in row.get("jax", {}) and "marginal_ms_per_step" in row.get("torch", {}):
+                row["ratio"] = row["torch"]["marginal_ms_per_step"] / row["jax"]["marginal_ms_per_step"]
             rows.append(row)
     info["load_average_after"] = os.getloadavg()
     print(table(rows))

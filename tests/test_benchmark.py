@@ -1,4 +1,4 @@
-"""The benchmark's per-configuration measurement, in-process: embedded model, batch 1, 2 steps."""
+"""The benchmark's per-configuration measurement, in-process: embedded model, batch 1, 12 and 4 steps."""
 
 import numpy as np
 import pytest
@@ -13,10 +13,10 @@ POSITIVE = ("call_s", "call_s_min", "ms_per_step", "images_per_s", "peak_mb", "s
 def test_measure_embedded_batch1(impl):
     if impl == "torch":
         pytest.importorskip("torch")
-    r = benchmark.measure(impl, "embedded", 1, steps=2, repeats=1)
+    r = benchmark.measure(impl, "embedded", 1, steps=12, repeats=1)
     assert r["impl"] == impl and r["model"] == "embedded" and r["batch_size"] == 1
-    assert r["steps"] == 1  # torch's max_eval = max_iter * 5 // 4 stops max_iter = 2 after one iteration.
-    for key in POSITIVE:
+    assert r["steps"] == 12 and r["steps_lo"] == 4
+    for key in POSITIVE + ("bare_ms", "marginal_ms_per_step", "step_over_bare"):
         assert r[key] > 0, key
     assert r["weights"] and r["memory_method"]
     if impl == "jax":
@@ -65,3 +65,28 @@ def test_checkpoint_weights_reach_both_models(tmp_path, monkeypatch):
     np.testing.assert_array_equal(loaded["fc"][0]["kernel"], pure["fc"][0]["kernel"])
     for k, v in source.state_dict().items():
         np.testing.assert_array_equal(tmodel.state_dict()[k].numpy(), v.numpy(), err_msg=k)
+
+
+def test_marginal_cost_from_two_step_counts():
+    """Calls of 1.0 s at 30 steps and 0.4 s at 10 (fastest of each), bare pass 20 ms: 30 ms per step, 100 ms once."""
+    r = benchmark._marginal([1.2, 1.0], 30, [0.4, 0.5], 10, [0.03, 0.02])
+    assert r["marginal_ms_per_step"] == pytest.approx(30.0) and r["once_ms"] == pytest.approx(100.0)
+    assert r["bare_ms"] == pytest.approx(20.0) and r["step_over_bare"] == pytest.approx(1.5)
+
+
+def test_bare_pass_is_the_same_computation_in_jax_and_torch():
+    torch = pytest.importorskip("torch")
+    from flax import nnx
+
+    from perturb_jax import convert_weights, torch_reference
+
+    tmodel, pure, _ = benchmark.build_weights("embedded")
+    graphdef, state = nnx.split(convert_weights.build_model(pure, 10, 8))
+    x = benchmark.images(2, 64)
+    layers = benchmark.settings(2).relu_layers
+    ours = np.asarray(benchmark.bare_pass_jax(graphdef, layers)(state, x))
+    z = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+    logits, acts = torch_reference.forward_with_relus(tmodel.eval(), z, layers)
+    (logits[:, 0].sum() + sum(a.sum() for a in acts.values())).backward()
+    theirs = z.grad.numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
