@@ -13,7 +13,6 @@ from perturb_jax import config as perturb_config
 from perturb_jax.config import ConfigError, STRATEGIES
 
 DATASETS = ("clutter_shapes", "imagenet2012")
-DISTRIBUTED = ("auto", "on", "off")
 MAPS = ("superpixel", "pixel")
 
 
@@ -27,12 +26,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
 
-    c.distributed = ml_collections.ConfigDict()
-    c.distributed.mode = "auto"  # auto: initialise when SLURM, a TPU pod or the fields below ask for it.
-    c.distributed.coordinator_address = ""  # e.g. 127.0.0.1:12345 (with num_processes and process_id).
-    c.distributed.num_processes = 0
-    c.distributed.process_id = -1
-    c.distributed.initialization_timeout = 120  # seconds to reach the coordinator.
+    c.distributed = perturb_config.distributed_config()
 
     # The perceptual ball's data fields (the readers of eval.datasets take them), the same tuning and evaluation images.
     base = perturb_config.get_config()
@@ -135,14 +129,11 @@ def _fail(field: str, message: str):
 
 def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int) -> None:
     """Checks every field the job reads; raises ``ConfigError`` with a one-line message naming the field."""
-    if c.batch_size < 1 or c.batch_size % num_devices or c.batch_size % num_processes:
-        _fail("batch_size", f"{c.batch_size} does not divide over {num_devices} devices in {num_processes} "
-              f"processes; use a multiple of {num_devices}")
+    perturb_config.check_batch_size(c.batch_size, num_devices, num_processes)
     for field in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
         if not (isinstance(c[field], int) and c[field] >= 1):
             _fail(field, f"must be an integer >= 1, got {c[field]!r}")
-    if c.distributed.mode not in DISTRIBUTED:
-        _fail("distributed.mode", f"must be one of {DISTRIBUTED}, got {c.distributed.mode!r}")
+    perturb_config.check_distributed(c.distributed)
     t = c.train
     if not 0 < t.target_accuracy < 1:
         _fail("train.target_accuracy", f"must be in (0, 1), got {t.target_accuracy}")

@@ -5,6 +5,7 @@ locked, so a misspelt key fails. ``validate`` turns a bad value into a one-line 
 before anything is loaded or compiled.
 """
 
+import math
 import os
 import re
 
@@ -21,6 +22,7 @@ DATASETS = ("clutter_shapes", "imagenet2012", "caltech_birds2011", "folder")
 STRATEGIES = ("value", "mean", "energy")
 TARGETS = ("predicted", "ground_truth")
 EVAL_RESOLUTIONS = ("model", "original")
+DISTRIBUTED = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
@@ -30,8 +32,9 @@ class ConfigError(ValueError):
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     """Defaults shared by every variant: the embedded benchmark and classifier, the authors' optimiser."""
     c = ml_collections.ConfigDict()
-    c.batch_size = 32
+    c.batch_size = 32  # global: split over every device of every process.
     c.num_figures = 16
+    c.distributed = distributed_config()
 
     c.model = ml_collections.ConfigDict()
     c.model.checkpoint = EMBEDDED_CHECKPOINT  # our choice: shipped, made by TRAIN_EMBEDDED.
@@ -84,6 +87,17 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     return c
 
 
+def distributed_config() -> ml_collections.ConfigDict:
+    """The ``distributed`` group of every job here: how ``perturb_jax.distributed.initialize`` joins a job."""
+    d = ml_collections.ConfigDict()
+    d.mode = "auto"  # auto: initialise when SLURM, a TPU pod or the fields below ask for it.
+    d.coordinator_address = ""  # e.g. 127.0.0.1:12345 (with num_processes and process_id).
+    d.num_processes = 0
+    d.process_id = -1
+    d.initialization_timeout = 120  # seconds to reach the coordinator.
+    return d
+
+
 def _imagenet(c: ml_collections.ConfigDict) -> None:
     """The paper's Table 1: torchvision VGG19_bn, the first 1000 ImageNet validation images, squash to 224."""
     c.model.checkpoint = ""  # required: python -m perturb_jax.convert_weights writes it.
@@ -132,8 +146,27 @@ def _fail(field: str, message: str):
     raise ConfigError(f"config.{field}: {message}")
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-    """Checks every field the job reads; raises ``ConfigError`` with a one-line message naming the field."""
+def check_distributed(d: ml_collections.ConfigDict) -> None:
+    """Checks the ``distributed`` group (``distributed_config``); the coordinator fields are checked on joining."""
+    _choice("distributed.mode", d.mode, DISTRIBUTED)
+    if not d.initialization_timeout > 0:
+        _fail("distributed.initialization_timeout", f"must be > 0 seconds, got {d.initialization_timeout}")
+
+
+def check_batch_size(batch_size: int, num_devices: int, num_processes: int, field: str = "batch_size") -> None:
+    """A global batch must split evenly over the processes and over the devices."""
+    if batch_size < 1 or batch_size % num_devices or batch_size % num_processes:
+        where = f" in {num_processes} processes" if num_processes > 1 else ""
+        multiple = math.lcm(num_devices, num_processes)
+        _fail(field, f"{batch_size} does not divide over the {num_devices} devices{where}; "
+              f"use a multiple of {multiple}")
+
+
+def validate(c: ml_collections.ConfigDict, num_devices: int | None = None, num_processes: int | None = None) -> None:
+    """Checks every field the job reads; raises ``ConfigError`` with a one-line message naming the field.
+
+    ``num_devices`` and ``num_processes`` default to JAX's (call ``distributed.initialize`` first).
+    """
     p = c.perturb
     layers = tuple(p.relu_layers)
     if not layers:
@@ -190,9 +223,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not c.model.checkpoint:
         _fail("model.checkpoint", "is empty; give the directory of an Orbax checkpoint "
               "(python -m perturb_jax.convert_weights makes one from torchvision weights)")
-    devices = jax.device_count()
-    if c.batch_size < 1 or c.batch_size % devices:
-        _fail("batch_size", f"{c.batch_size} does not divide over the {devices} devices; use a multiple of {devices}")
+    check_distributed(c.distributed)
+    check_batch_size(c.batch_size, num_devices or jax.device_count(), num_processes or jax.process_count())
     if c.num_figures < 0:
         _fail("num_figures", f"must be >= 0, got {c.num_figures}")
 
