@@ -19,7 +19,6 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 from PIL import Image, ImageDraw
 from skimage import io as skio
 from skimage import transform
@@ -27,7 +26,7 @@ from skimage import transform
 import eval.datasets
 from eval import boxes as box_ops
 from eval import protocol
-from perturb_jax import report, results_store
+from perturb_jax import distributed, report, results_store
 
 METHOD = "aln"
 GRADIENT = "input_gradient"
@@ -134,15 +133,6 @@ def merge_shares(shares: list[dict]) -> dict:
     return merged
 
 
-def _allgather_bytes(data: bytes) -> list[bytes]:
-    """Every process's ``data``, in process order (``process_allgather`` of a padded uint8 array)."""
-    lengths = np.asarray(multihost_utils.process_allgather(np.array(len(data), np.int32))).reshape(-1)
-    padded = np.zeros(max(int(lengths.max()), 1), np.uint8)
-    padded[:len(data)] = np.frombuffer(data, np.uint8)
-    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
-    return [row[:n].tobytes() for row, n in zip(rows, lengths)]
-
-
 def gather(split: dict) -> dict:
     """Every process's ``predict_split`` of its ``process_share``, merged on every process (``merge_shares``).
 
@@ -152,7 +142,7 @@ def gather(split: dict) -> dict:
     buffer = io.BytesIO()
     np.savez(buffer, **{**split, "boxes": results_store.pad_boxes(split["boxes"])})
     shares = []
-    for data in _allgather_bytes(buffer.getvalue()):
+    for data in distributed.allgather_bytes(buffer.getvalue()):
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             share = dict(archive)
         share["boxes"] = [b.astype(np.int32) for b in results_store.unpad_boxes(share["boxes"])]
@@ -488,4 +478,4 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, predict_fn, strong
         summary["ms_per_image"] = 1000.0 * seconds / images if images else None
         write_report(os.path.join(workdir, "eval"), config, summary, per_image, gathered["eval"])
         payload = json.dumps(summary).encode()
-    return json.loads(_allgather_bytes(payload)[0])
+    return json.loads(distributed.allgather_bytes(payload)[0])

@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from aln_jax import config as config_lib, data, evaluate, metrics_writer, models, predict, step as step_lib
-from perturb_jax import checkpoint, workdir as workdir_lib
+from perturb_jax import checkpoint, sharding, workdir as workdir_lib
 from perturb_jax.models import vgg
 from perturb_jax.config import ConfigError
 
@@ -95,10 +95,6 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, workdir: str)
     return None, 0
 
 
-def _replicate(tree, sharding):
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
-
-
 def _host(tree) -> dict:
     """Replicated global arrays -> numpy on this process (works across processes)."""
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
@@ -132,7 +128,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P(step_lib.AXIS))
     manager = checkpoint_manager(config, workdir)
     restored, start = restore_latest(manager, abstract, workdir)
-    state = restored if restored is not None else _replicate(state, replicated)
+    state = restored if restored is not None else sharding.replicate(state, replicated)
     if start:
         logging.warning("resumed from step %d of %s", start, workdir)
     if start >= config.num_steps:

@@ -2,7 +2,8 @@
 
 ``mode`` 'auto' initialises when the environment is a multi-process job JAX can detect (SLURM with more than one
 task, a Cloud TPU pod slice) or when the config names a coordinator; 'on' always; 'off' never. On CPU the
-cross-process collectives are gloo's. Must run before anything touches a JAX device.
+cross-process collectives are gloo's. Must run before anything touches a JAX device. ``allgather_bytes``,
+``collectively`` and ``on_lead`` are what the jobs' processes share once joined.
 """
 
 import os
@@ -10,7 +11,9 @@ import socket
 import time
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from perturb_jax.config import ConfigError
 
@@ -79,3 +82,49 @@ def initialize(cfg) -> None:
                           "check that every process was started with the same address") from e
     logging.info("distributed: process %d of %d, %d local of %d devices (%s)", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(), environment or "config")
+
+
+def allgather_bytes(data: bytes) -> list[bytes]:
+    """Every process's ``data``, in process order (``process_allgather`` of a padded uint8 array)."""
+    lengths = np.asarray(multihost_utils.process_allgather(np.array(len(data), np.int32))).reshape(-1)
+    padded = np.zeros(max(int(lengths.max()), 1), np.uint8)
+    padded[:len(data)] = np.frombuffer(data, np.uint8)
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+    return [row[:n].tobytes() for row, n in zip(rows, lengths)]
+
+
+def collectively(fn, lead_first: bool = False):
+    """``fn()`` on every process (on process 0 before the others when ``lead_first``); returns its result.
+
+    When it raises on one process it raises on all: that process re-raises its own error, the others a one-line
+    ``ConfigError`` quoting it, so that no process is left waiting at a collective. One process: just ``fn()``.
+    """
+    if jax.process_count() == 1:
+        return fn()
+    lead = jax.process_index() == 0
+    result = None
+    for turn in ((True, False) if lead_first else (lead,)):  # whether process 0 (True) or the others run now
+        error = None
+        if turn == lead:
+            try:
+                result = fn()
+            except Exception as e:  # noqa: BLE001 - the other processes must hear of any error.
+                error = e
+        _agree(error)
+    return result
+
+
+def on_lead(fn):
+    """``fn()`` on process 0 only (None elsewhere); an error there stops every process, as in ``collectively``."""
+    return collectively(lambda: fn() if jax.process_index() == 0 else None)
+
+
+def _agree(error: Exception | None) -> None:
+    """Raises on every process when ``error`` is set on any (a collective: every process must call it)."""
+    messages = allgather_bytes(f"{type(error).__name__}: {error}".encode() if error is not None else b"")
+    failed = [(p, m.decode()) for p, m in enumerate(messages) if m]
+    if error is not None:
+        raise error
+    if failed:
+        process, message = failed[0]
+        raise ConfigError(f"process {process} of the job stopped ({' '.join(message.split())[:300]})")
