@@ -26,9 +26,9 @@ def unpad_boxes(padded: np.ndarray) -> list[np.ndarray]:
 
 
 def write_batch(path: str, arrays: dict) -> None:
-    """``np.savez`` to a temporary name, then an atomic rename."""
+    """``np.savez`` to a hidden temporary name (no reader globs it), then an atomic rename."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp.npz"
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
 
