@@ -1,4 +1,5 @@
-"""A job's working directory: proved writable before the work, and bound to the config of the run it holds.
+"""A job's working directory: proved writable (and shared by every process) before the work, and bound to the config
+of the run it holds.
 
 Shared by every job here (the explainer, the ALN trainer), so that a resumed run is refused when its
 results-relevant fields differ from the stored run's.
@@ -11,6 +12,8 @@ import ml_collections
 
 from perturb_jax.config import ConfigError
 
+_SHARED = ".process_0_token"  # check_shared's proof that every process sees the same workdir
+
 
 def prepare(workdir: str, subdir: str = "") -> None:
     """Creates ``workdir`` (and ``workdir/subdir``) and proves it writable now, not after the work."""
@@ -22,6 +25,27 @@ def prepare(workdir: str, subdir: str = "") -> None:
         os.remove(probe)
     except OSError as e:
         raise ConfigError(f"--workdir {workdir} cannot be written ({e.strerror}); choose another") from e
+
+
+def check_shared(workdir: str, token: str, process: int) -> None:
+    """Process 0 leaves ``token`` in ``workdir``; every other process must read it there (one shared directory)."""
+    path = os.path.join(workdir, _SHARED)
+    if process == 0:
+        _write_atomically(path, token)
+        return
+    try:
+        with open(path) as f:
+            seen = f.read()
+    except OSError:
+        seen = ""
+    if seen != token:
+        raise ConfigError(f"--workdir {workdir} is not shared: process {process} does not see the file process 0 "
+                          "wrote there; give a directory every process can read (e.g. on a network file system)")
+
+
+def remove_shared(workdir: str) -> None:
+    """Removes what ``check_shared`` left, once every process has read it."""
+    os.remove(os.path.join(workdir, _SHARED))
 
 
 def fingerprint(config: ml_collections.ConfigDict, ignore=()) -> dict:
@@ -48,10 +72,14 @@ def check_fingerprint(config: ml_collections.ConfigDict, workdir: str, ignore=()
             raise ConfigError(f"--workdir {workdir} holds a run with another config (differs in "
                               f"{', '.join(diff)}); use a new --workdir or the same config")
     elif write:  # atomically: another process of the job may be reading it
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(fields, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        _write_atomically(path, json.dumps(fields, indent=2, sort_keys=True))
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def _diff_keys(a, b, prefix=""):
