@@ -30,14 +30,19 @@ from perturb_jax import checkpoint, config as perturb_config  # noqa: E402
 from perturb_jax.cli import parse_flags  # noqa: E402
 from perturb_jax.models.vgg import FoldedVGG  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "An ALN config (data, SLIC, fill value).", lock_config=True)
-_CLASSIFIER = flags.DEFINE_string("classifier", perturb_config.EMBEDDED_CHECKPOINT, "VGG19_bn checkpoint directory.")
-_LAMBDA = flags.DEFINE_float("lambda_reg", 4.0, "Weight of the occluded area in the objective.")
-_STEPS = flags.DEFINE_integer("steps", 300, "Adam steps per image.")
-_LR = flags.DEFINE_float("learning_rate", 0.1, "Adam learning rate on the superpixel logits.")
-_ROBUST = flags.DEFINE_integer("robust_steps", 0, "Steps of random-occlusion fine-tuning of the classifier first.")
-_IMAGES = flags.DEFINE_integer("num_images", 100, "Evaluation images (the first of config.data.eval_split).")
-flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """The command line's flags, defined only when run as a program (importing this module defines none)."""
+    config_flags.DEFINE_config_file("config", None, "An ALN config (data, SLIC, fill value).", lock_config=True)
+    flags.DEFINE_string("classifier", perturb_config.EMBEDDED_CHECKPOINT, "VGG19_bn checkpoint directory.")
+    flags.DEFINE_float("lambda_reg", 4.0, "Weight of the occluded area in the objective.")
+    flags.DEFINE_integer("steps", 300, "Adam steps per image.")
+    flags.DEFINE_float("learning_rate", 0.1, "Adam learning rate on the superpixel logits.")
+    flags.DEFINE_integer("robust_steps", 0, "Steps of random-occlusion fine-tuning of the classifier first.")
+    flags.DEFINE_integer("num_images", 100, "Evaluation images (the first of config.data.eval_split).")
+    flags.mark_flags_as_required(["config"])
 
 
 def pixel_mask(decisions: jax.Array, segments: jax.Array) -> jax.Array:
@@ -92,40 +97,41 @@ def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    c = _CONFIG.value
+    c = FLAGS.config
     s = step_lib.Settings.from_config(c)
-    graphdef, params = nnx.split(FoldedVGG(checkpoint.load_model(_CLASSIFIER.value)))
-    if _ROBUST.value:
+    graphdef, params = nnx.split(FoldedVGG(checkpoint.load_model(FLAGS.classifier)))
+    if FLAGS.robust_steps:
         train_data = data.load_train_data(c.data, c.data.train_split, c.aln.image_size, c.slic,
                                           c.data.cache_dir or data.DEFAULT_CACHE)
         tx = optax.adam(1e-4)
         opt_state, robust_step, accuracies = tx.init(params), make_robust_step(graphdef, tx, s.fill_value,
                                                                                  s.num_segments), []
-        for i in range(_ROBUST.value):
+        for i in range(FLAGS.robust_steps):
             b = data.local_batch(train_data, data.batch_indices(c.seed, i, len(train_data.labels), c.batch_size, 0))
             params, opt_state, accuracy = robust_step(params, opt_state, step_lib.normalise(b["images"], s),
                                                       b["segments"].astype(np.int32), b["labels"], jax.random.key(i))
             accuracies.append(float(accuracy))
-        print(f"random-occlusion fine-tuning, {_ROBUST.value} steps: accuracy {np.mean(accuracies[-100:]):.3f} "
+        print(f"random-occlusion fine-tuning, {FLAGS.robust_steps} steps: accuracy {np.mean(accuracies[-100:]):.3f} "
               f"over the last 100")
-    examples = [ex for ex, _ in zip(eval.datasets.load(c.data, c.data.eval_split)[0], range(_IMAGES.value))]
+    examples = [ex for ex, _ in zip(eval.datasets.load(c.data, c.data.eval_split)[0], range(FLAGS.num_images))]
     images = np.stack([ex["image"] for ex in examples])
     labels = np.array([ex["label"] for ex in examples], np.int32)
     sp = c.slic
     segments = superpixels.slic_batch(images, sp.n_segments, sp.compactness, sp.sigma, sp.max_segments)
     segments = segments.astype(np.int32)
     x = step_lib.normalise(images, s)
-    tx = optax.adam(_LR.value)
+    tx = optax.adam(FLAGS.learning_rate)
     theta = jnp.zeros((len(images), s.num_segments))
     opt_state, mask_step = tx.init(theta), make_mask_step(graphdef, tx, s.fill_value)
-    for i in range(_STEPS.value):
-        theta, opt_state, accuracy = mask_step(theta, opt_state, params, x, segments, labels, _LAMBDA.value,
+    for i in range(FLAGS.steps):
+        theta, opt_state, accuracy = mask_step(theta, opt_state, params, x, segments, labels, FLAGS.lambda_reg,
                                                jax.random.key(i))
     maps = np.asarray(pixel_mask(jax.nn.sigmoid(theta), segments))
     ious = np.array([evaluate.box_ops.best_iou(b, ex["boxes"]) for b, ex in zip(evaluate.paper_boxes(maps), examples)])
-    print(f"{len(images)} images, lambda_reg {_LAMBDA.value}, {_STEPS.value} steps: accuracy on corrupted images "
+    print(f"{len(images)} images, lambda_reg {FLAGS.lambda_reg}, {FLAGS.steps} steps: accuracy on corrupted images "
           f"{float(accuracy):.3f}, occluded area {maps.mean():.3f}, GT-known (Sec. 3.2 box) {(ious >= 0.5).mean():.3f}")
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main, flags_parser=parse_flags)
