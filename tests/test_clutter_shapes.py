@@ -123,6 +123,19 @@ def test_load_yields_contract_examples(tiny_config):
         assert example["original_size"] == (32, 32)
 
 
+def test_load_never_asks_tf_data_for_the_end_of_the_split(tiny_config, monkeypatch):
+    """Reaching tf.data's end of sequence took seconds after the last batch: the iterator stops at the count."""
+    real = embedded.tfds.as_numpy
+
+    def strict(dataset):
+        yield from real(dataset)
+        raise AssertionError("asked for the end of the sequence")
+
+    monkeypatch.setattr(embedded.tfds, "as_numpy", strict)
+    examples, num_examples = embedded.load(tiny_config, "validation[8:]")
+    assert len(list(examples)) == num_examples > 0
+
+
 def test_load_does_not_prepare_again(tiny_config, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("download_and_prepare called on prepared data")

@@ -8,6 +8,8 @@ other loader.  The order is TFDS's stored order, fixed once the dataset is prepa
 ``image_size`` and ``resize`` as in ``preprocess``.  An image that does not decode yields ``preprocess.skipped``.
 """
 
+import itertools
+
 import tensorflow_datasets as tfds
 
 from eval.datasets import preprocess
@@ -23,11 +25,11 @@ def load(data_config, split: str):
     num = int(ds.cardinality())
     if num < 0:
         raise ValueError(f"{NAME} split {split!r}: TFDS reports no example count")
-    return _examples(data_config, ds), num
+    return _examples(data_config, ds, num), num
 
 
-def _examples(data_config, ds):
-    for ex in tfds.as_numpy(ds):
+def _examples(data_config, ds, num: int):
+    for ex in itertools.islice(tfds.as_numpy(ds), num):  # never asks for the end of the sequence: see embedded.py
         image_id, label = ex["image/filename"].decode(), int(ex["label"])
         try:
             image = preprocess.decode(ex["image"])

@@ -6,6 +6,8 @@ directory; empty, None or missing means TFDS's default).  TensorFlow only serves
 hides the GPUs from it.
 """
 
+import itertools
+
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -53,7 +55,9 @@ def load(data_config, split):
     dataset = dataset_builder.as_dataset(
         split=split, shuffle_files=False, decoders={"mask": tfds.decode.SkipDecoding()})
     num_examples = dataset_builder.info.splits[split].num_examples
-    return map(_example, tfds.as_numpy(dataset)), num_examples
+    # islice: the iterator stops at the last example without asking tf.data for the end of the sequence, which took
+    # 3-10 s (and up to 45 s on a loaded machine) after the last batch (BENCHMARKS.md, "The padded last batch").
+    return map(_example, itertools.islice(tfds.as_numpy(dataset), num_examples)), num_examples
 
 
 def tf_dataset(data_config, split, batch_size, shuffle_seed=None, drop_remainder=False):
