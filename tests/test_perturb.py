@@ -55,3 +55,22 @@ def test_non_finite_image_fails_alone(setup):
     out = perturb.make_explain_fn(graphdef, settings)(state, bad, jnp.zeros(3, jnp.int32))
     assert np.asarray(out["failed"]).tolist() == [False, True, False]
     assert np.all(np.isfinite(np.asarray(out["saliency"])[[0, 2]]))
+
+
+def test_convolutions_with_precomputed_input_gradient_kernels_change_no_number():
+    """``grad_kernels`` (the explainer's fast path) gives the logits, taps, input gradient and weight gradient of
+    plain automatic differentiation."""
+    model = VGG19BN(10, 16, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+
+    def loss(params, x, fast):
+        m = nnx.merge(graphdef, params, rest)
+        logits, acts = m(x, (3, 9), grad_kernels=m.input_grad_kernels() if fast else None)
+        return logits[:, 1].sum() + jnp.sum(acts[3] ** 2) + jnp.sum(acts[9])
+
+    plain = jax.grad(loss, argnums=(0, 1))(params, x, False)
+    fast = jax.grad(loss, argnums=(0, 1))(params, x, True)
+    np.testing.assert_allclose(fast[1], plain[1], rtol=1e-5, atol=1e-6 * float(jnp.abs(plain[1]).max()))
+    for a, b in zip(jax.tree.leaves(fast[0]), jax.tree.leaves(plain[0])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()) + 1e-12)
