@@ -463,23 +463,28 @@ def platform_info() -> dict:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", list(MODELS), f"models to run, from {list(MODELS)}")
-flags.DEFINE_list("batch_sizes_embedded", ["1", "8", "32"], "batch sizes of the embedded model")
-flags.DEFINE_list("batch_sizes_full", ["1", "4"], "batch sizes of full224")
-flags.DEFINE_integer("steps", 30, "L-BFGS max_iter of the embedded model (iterations taken: see the docstring); "
-                     "each configuration also runs steps // 3, and the per-step cost is the difference")
-flags.DEFINE_integer("full_steps", 12, "L-BFGS max_iter of full224 (~1-3 s per step per image on a small CPU)")
-flags.DEFINE_integer("repeats", 3, "timed calls after one warm-up (embedded)")
-flags.DEFINE_integer("full_repeats", 1, "timed calls after one warm-up (full224)")
-flags.DEFINE_bool("torch", None, "also time the torch reference; default: when torch is importable")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "JAX weights and images (bfloat16: for GPUs)")
-flags.DEFINE_float("peak_tflops", None, "device peak TFLOP/s for the model FLOP utilisation (H100 SXM dense: "
-                   "989 bf16, 67 fp32)")
-flags.DEFINE_string("out", None, "JSON file of the platform and every measurement")
-flags.DEFINE_bool("platform", False, "print the platform information and exit")
-flags.DEFINE_bool("profile", False, "instead of the comparison: where one explainer step goes (``profile``), for "
-                  "each model and batch size; JAX only")
-flags.DEFINE_string("worker", None, "internal: IMPL:MODEL:BATCH measured in this process, JSON written to --out")
+
+
+def _define_flags() -> None:
+    """The command line's flags, defined only when run as a program (importing this module defines none)."""
+    flags.DEFINE_list("models", list(MODELS), f"models to run, from {list(MODELS)}")
+    flags.DEFINE_list("batch_sizes_embedded", ["1", "8", "32"], "batch sizes of the embedded model")
+    flags.DEFINE_list("batch_sizes_full", ["1", "4"], "batch sizes of full224")
+    flags.DEFINE_integer("steps", 30, "L-BFGS max_iter of the embedded model (iterations taken: see the docstring); "
+                         "each configuration also runs default_steps_lo(steps), and the per-step cost is the "
+                         "difference")
+    flags.DEFINE_integer("full_steps", 12, "L-BFGS max_iter of full224 (~1-3 s per step per image on a small CPU)")
+    flags.DEFINE_integer("repeats", 3, "timed calls after one warm-up (embedded)")
+    flags.DEFINE_integer("full_repeats", 1, "timed calls after one warm-up (full224)")
+    flags.DEFINE_bool("torch", None, "also time the torch reference; default: when torch is importable")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "JAX weights and images (bfloat16: for GPUs)")
+    flags.DEFINE_float("peak_tflops", None, "device peak TFLOP/s for the model FLOP utilisation (H100 SXM dense: "
+                       "989 bf16, 67 fp32)")
+    flags.DEFINE_string("out", None, "JSON file of the platform and every measurement")
+    flags.DEFINE_bool("platform", False, "print the platform information and exit")
+    flags.DEFINE_bool("profile", False, "instead of the comparison: where one explainer step goes (``profile``), for "
+                      "each model and batch size; JAX only")
+    flags.DEFINE_string("worker", None, "internal: IMPL:MODEL:BATCH measured in this process, JSON written to --out")
 
 
 def _run_worker(impl: str, model_name: str, batch_size: int, steps: int, repeats: int) -> dict:
@@ -577,4 +582,5 @@ def main(argv):
 
 if __name__ == "__main__":
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # Workers share the GPU with this process.
+    _define_flags()
     app.run(main)

@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import eval.datasets  # noqa: E402
-from perturb_jax import cli, explain, objective, report, results_store, saliency, scoring  # noqa: E402
+from perturb_jax import benchmark, cli, explain, objective, report, results_store, saliency, scoring  # noqa: E402
 from perturb_jax.checkpoint import CheckpointError  # noqa: E402
 from perturb_jax.config import ConfigError  # noqa: E402
 
@@ -127,7 +127,7 @@ def explain_image_torch(model, x: np.ndarray, config, torch_steps: int) -> dict:
     """The authors' procedure on one normalised (H, W, C) image; the per-image values our job stores."""
     import torch  # noqa: PLC0415 - optional dependency.
 
-    from perturb_jax import benchmark, torch_reference  # noqa: PLC0415 - needs torch.
+    from perturb_jax import torch_reference  # noqa: PLC0415 - needs torch.
 
     p = config.perturb
     terms = dict(relu_layers=p.relu_layers, lam_perceptual=p.lam_perceptual, lam_pixel=p.lam_pixel,
@@ -177,7 +177,6 @@ def run_authors(config, workdir: str, torch_steps: int) -> dict:
     """The authors' procedure on the config's splits, scored as ``explain_and_evaluate`` scores; summary, timings."""
     import torch  # noqa: PLC0415 - optional dependency.
 
-    from perturb_jax import benchmark  # noqa: PLC0415 - defines flags of its own; imported after ours are read.
 
     torch.set_num_threads(os.cpu_count())
     start = time.perf_counter()
@@ -232,7 +231,6 @@ def run(workdir: str, out: str, num_tune: int, num_eval: int, torch_steps: int, 
                   f"max_steps {p.max_steps}", run_ours(config, ours_dir), ours_dir)
     authors = record("authors (torch LBFGS.step)", f"torch_reference.perceptual_ball, one image at a time, "
                      f"max_iter {torch_steps}", run_authors(config, authors_dir, torch_steps), authors_dir)
-    from perturb_jax import benchmark  # noqa: PLC0415 - defines flags of its own; imported after ours are read.
 
     rows = [ours, authors]
     result = dict(date=datetime.date.today().isoformat(),
@@ -250,10 +248,9 @@ def run(workdir: str, out: str, num_tune: int, num_eval: int, torch_steps: int, 
 
 
 def define_flags():
-    """The command line's flags; defined only when run as a program (``benchmark`` defines an ``--out`` too)."""
+    """The command line's flags, defined only when run as a program."""
     flags.DEFINE_string("workdir", None, "new or empty directory; the two procedures write into jax/ and torch/")
-    # benchmark, imported after these flags are read, defines --out as well: let its definition replace ours.
-    flags.DEFINE_string("out", None, "JSON file of the platform, timings and summaries", allow_override=True)
+    flags.DEFINE_string("out", None, "JSON file of the platform, timings and summaries")
     flags.DEFINE_integer("num_tune", 200, "first images of the guided config's tuning split", lower_bound=1)
     flags.DEFINE_integer("num_eval", 500, "first images of the guided config's evaluation split", lower_bound=1)
     flags.DEFINE_integer("torch_steps", 100, "max_iter of the authors' L-BFGS step", lower_bound=1)
