@@ -154,8 +154,10 @@ def explain_image_torch(model, x: np.ndarray, config, torch_steps: int) -> dict:
 
 def explain_split_torch(model, config, workdir: str, split_name: str, split: str, torch_steps: int) -> None:
     """``explain.explain_split`` with the authors' procedure, image by image: the same batch files."""
-    examples, _ = eval.datasets.load(config.data, split)
-    for index, (batch, skipped) in enumerate(explain._batches(examples, config.batch_size)):
+    examples = list(eval.datasets.load(config.data, split)[0])
+    for index, (first, n) in enumerate(explain.batch_bounds(len(examples), config.batch_size)):
+        batch = [ex for ex in examples[first:first + n] if "error" not in ex]
+        skipped = [ex for ex in examples[first:first + n] if "error" in ex]
         per_image = [explain_image_torch(model, explain.normalise(ex["image"], config), config, torch_steps)
                      for ex in batch]
         out = {k: np.stack([r[k] for r in per_image]) for k in per_image[0]} if batch else {}

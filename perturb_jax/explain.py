@@ -11,6 +11,7 @@ which batches are still to do, writes the batch files and the report into the wo
 import functools
 import json
 import os
+import pickle
 import time
 
 import jax
@@ -37,61 +38,88 @@ def normalise(images: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarr
     return (images.astype(np.float32) / 255.0 - mean) / std
 
 
-def _batches(examples, batch_size: int):
-    """Groups good examples into batches; records that failed to load travel with the batch they fell in."""
-    batch, skipped = [], []
-    for ex in examples:
-        if "error" in ex:
-            skipped.append(ex)
-            continue
-        batch.append(ex)
-        if len(batch) == batch_size:
-            yield batch, skipped
-            batch, skipped = [], []
-    if batch or skipped:
-        yield batch, skipped
+def batch_bounds(num_examples: int, batch_size: int) -> list[tuple[int, int]]:
+    """(first position, number of examples) of each global batch: consecutive examples of the split, those that fail
+    to load included (they hold a row, explained with a filler and recorded as skipped), so that every process
+    knows which examples its rows hold without reading the others."""
+    return [(start, min(batch_size, num_examples - start)) for start in range(0, num_examples, batch_size)]
 
 
-def _explain_one_batch(explain_fn, state, batch, config, batch_sharding) -> dict:
-    """Explains one global batch: this process feeds its rows (past the batch's end: its last image), every
-    process gets every row back."""
-    n = len(batch)
-    local = [batch[min(row, n - 1)] for row in sharding.process_rows(batch_sharding, config.batch_size)]
-    images = normalise(np.stack([ex["image"] for ex in local]), config)
-    labels = np.maximum(np.array([ex["label"] for ex in local], np.int32), 0)
-    out = explain_fn(state, *(jax.make_array_from_process_local_data(batch_sharding, a) for a in (images, labels)))
-    out = {k: v[:n] for k, v in multihost_utils.process_allgather(out, tiled=True).items()}
-    out.update(
-        image_id=np.array([ex["image_id"] for ex in batch]), label=np.array([ex["label"] for ex in batch], np.int32),
-        boxes=results_store.pad_boxes([ex["boxes"] for ex in batch]),
-        boxes_original=results_store.pad_boxes([ex["boxes_original"] for ex in batch]),
-        original_size=np.array([ex["original_size"] for ex in batch], np.int32))
+def _metadata(ex: dict, with_image: bool) -> dict:
+    keys = ("image_id", "label", "error") if "error" in ex else ("image_id", "label", "boxes", "boxes_original",
+                                                                "original_size")
+    return {k: ex[k] for k in keys} | ({"image": ex["image"]} if with_image and "error" not in ex else {})
+
+
+def _image_shape(config, split: str, num_examples: int) -> tuple:
+    """The shape of the split's images (all alike: the loaders resize), from its first example that loads."""
+    for row in range(num_examples):
+        ex = next(iter(eval.datasets.load(config.data, split, [row])[0]))
+        if "error" not in ex:
+            return ex["image"].shape
+    return (config.data.image_size, config.data.image_size, 3)
+
+
+def _explain_one_batch(explain_fn, state, own: dict, n: int, config, batch_sharding, num_images: int,
+                       image_shape: tuple) -> dict:
+    """Explains one global batch of ``n`` examples from ``own`` ({row: example} of this process's rows; a row past
+    ``n`` or whose example failed to load gets a filler); every process gets every row back, with each row's record
+    from the process that read it. The first ``num_images`` good images travel too (for the figure)."""
+    mine = sharding.process_rows(batch_sharding, config.batch_size)
+    good = [own[r] if r in own and "error" not in own[r] else None for r in mine]
+    images = np.stack([ex["image"] if ex else np.zeros(image_shape, np.uint8) for ex in good])
+    labels = np.array([max(ex["label"], 0) if ex else 0 for ex in good], np.int32)
+    out = explain_fn(state, *(jax.make_array_from_process_local_data(batch_sharding, a)
+                              for a in (normalise(images, config), labels)))
+    out = multihost_utils.process_allgather(out, tiled=True)
+    records = {r: _metadata(ex, r < num_images) for r, ex in own.items()}
+    if jax.process_count() > 1:
+        records = {r: m for part in distributed.allgather_bytes(pickle.dumps(records)) for r, m in
+                   pickle.loads(part).items()}
+    ok = [r for r in range(n) if "error" not in records[r]]
+    bad = [records[r] for r in range(n) if "error" in records[r]]
+    skipped = dict(skipped_id=np.array([m["image_id"] for m in bad], dtype=str),
+                   skipped_reason=np.array([m["error"] for m in bad], dtype=str))
+    if not ok:  # a batch of only unreadable images stores only them
+        return skipped
+    out = {k: np.asarray(v)[ok] for k, v in out.items()}
+    out.update(skipped,
+        image_id=np.array([records[r]["image_id"] for r in ok], dtype=str),
+        label=np.array([records[r]["label"] for r in ok], np.int32),
+        boxes=results_store.pad_boxes([records[r]["boxes"] for r in ok]),
+        boxes_original=results_store.pad_boxes([records[r]["boxes_original"] for r in ok]),
+        original_size=np.array([records[r]["original_size"] for r in ok], np.int32))
+    figure = [records[r]["image"] for r in ok if "image" in records[r]]
+    if figure:
+        out["images"] = np.stack(figure)
     return out
 
 
-def explain_split(config, workdir: str, split_name: str, split: str, explain_fn, state, batch_sharding,
-                  progress) -> None:
-    """Explains every image of one split, batch by batch, skipping the batches already stored (process 0 writes)."""
+def explain_split(config, workdir: str, split_name: str, split: str, num_examples: int, explain_fn, state,
+                  batch_sharding, progress) -> None:
+    """Explains every image of one split, batch by batch, skipping the batches already stored. Each process reads
+    and decodes only the examples of its own rows; process 0 decides what is left and writes each batch file."""
     lead = jax.process_index() == 0
-    examples, _ = eval.datasets.load(config.data, split)
-    for index, (batch, skipped) in enumerate(_batches(examples, config.batch_size)):
+    mine = sharding.process_rows(batch_sharding, config.batch_size)
+    image_shape = None
+    for index, (first, n) in enumerate(batch_bounds(num_examples, config.batch_size)):
         path = results_store.batch_path(workdir, split_name, index)
         if not multihost_utils.broadcast_one_to_all(np.int32(lead and os.path.exists(path))):  # process 0 decides
             start = time.perf_counter()
-            out = _explain_one_batch(explain_fn, state, batch, config, batch_sharding) if batch else {}
-            out["skipped_id"] = np.array([ex["image_id"] for ex in skipped], dtype=str)
-            out["skipped_reason"] = np.array([ex["error"] for ex in skipped], dtype=str)
-            if index == 0 and split_name == "eval" and batch[: config.num_figures]:
-                out["images"] = np.stack([ex["image"] for ex in batch[: config.num_figures]])
-            failed = int(out.get("failed", np.zeros(0)).sum())
+            image_shape = image_shape or _image_shape(config, split, num_examples)
+            rows = [r for r in mine if r < n]
+            examples = eval.datasets.load(config.data, split, [first + r for r in rows])[0] if rows else []
+            num_images = config.num_figures if index == 0 and split_name == "eval" else 0
+            out = _explain_one_batch(explain_fn, state, dict(zip(rows, examples)), n, config, batch_sharding,
+                                     num_images, image_shape)
+            failed, skipped = int(out.get("failed", np.zeros(0)).sum()), len(out["skipped_id"])
             if lead and (failed or skipped):
                 logging.warning("%s batch %d: %d images failed (non-finite loss), %d skipped", split_name, index,
-                                failed, len(skipped))
+                                failed, skipped)
             distributed.on_lead(functools.partial(results_store.write_batch, path, out))
             if lead:
-                logging.info("%s batch %d: %d images in %.1f s", split_name, index, len(batch),
-                             time.perf_counter() - start)
-        progress.update(len(batch) + len(skipped))
+                logging.info("%s batch %d: %d images in %.1f s", split_name, index, n, time.perf_counter() - start)
+        progress.update(n)
 
 
 def explain_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -102,8 +130,8 @@ def explain_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
     lead = jax.process_index() == 0
     _prepare_workdir(config, workdir)
     splits = {name: split for name, split in zip(SPLITS, (config.data.tune_split, config.data.eval_split)) if split}
-    total = distributed.collectively(  # missing data fails here; process 0 generates the embedded data first
-        lambda: sum(eval.datasets.load(config.data, split)[1] for split in splits.values()), lead_first=True)
+    counts = distributed.collectively(  # missing data fails here; process 0 generates the embedded data first
+        lambda: {name: eval.datasets.load(config.data, split)[1] for name, split in splits.items()}, lead_first=True)
     model = distributed.collectively(
         lambda: checkpoint.load_model(config.model.checkpoint, how_to_make=_how_to_make(config)))
     graphdef, state = nnx.split(model)
@@ -111,9 +139,11 @@ def explain_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
     batch_sharding, replicated = sharding.data_parallel()
     state = sharding.replicate(state, replicated)
 
-    with tqdm(total=total, desc="explaining", unit="img", dynamic_ncols=True, disable=not lead) as progress:
+    with tqdm(total=sum(counts.values()), desc="explaining", unit="img", dynamic_ncols=True,
+              disable=not lead) as progress:
         for split_name, split in splits.items():
-            explain_split(config, workdir, split_name, split, explain_fn, state, batch_sharding, progress)
+            explain_split(config, workdir, split_name, split, counts[split_name], explain_fn, state, batch_sharding,
+                          progress)
 
     summary = distributed.on_lead(lambda: _score_and_report(config, workdir))
     if jax.process_count() > 1:

@@ -136,6 +136,16 @@ def test_load_never_asks_tf_data_for_the_end_of_the_split(tiny_config, monkeypat
     assert len(list(examples)) == num_examples > 0
 
 
+def test_load_reads_only_the_rows_asked_for(tiny_config):
+    full = list(embedded.load(tiny_config, "validation[8:]")[0])
+    rows = [0, 1, 5, len(full) - 1]
+    examples, num = embedded.load(tiny_config, "validation[8:]", rows)
+    got = list(examples)
+    assert num == len(got) == 4 and [ex["image_id"] for ex in got] == [full[r]["image_id"] for r in rows]
+    np.testing.assert_array_equal(got[2]["image"], full[5]["image"])
+    assert embedded.load(tiny_config, "validation[8:]", [])[1] == 0
+
+
 def test_load_does_not_prepare_again(tiny_config, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("download_and_prepare called on prepared data")

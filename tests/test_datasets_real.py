@@ -271,3 +271,13 @@ def test_folder_missing(tmp_path):
     assert str(tmp_path / "nope") in str(err.value)
     with pytest.raises(FileNotFoundError, match="no .jpg/.jpeg/.png images in"):
         folder.load(folder_config(tmp_path), "all")
+
+
+def test_split_pick_names_the_rows_of_a_split():
+    import types  # noqa: PLC0415
+
+    from eval.datasets import splits  # noqa: PLC0415
+    info = {"validation": types.SimpleNamespace(num_examples=2000)}
+    assert splits.pick("validation[1000:]", [0, 1, 5], info) == "validation[1000:1002]+validation[1005:1006]"
+    assert splits.pick("validation[:2]+validation[10:12]", [1, 2, 3], info) == "validation[1:2]+validation[10:12]"
+    assert splits.pick("validation[5:9]", [], info) == ""

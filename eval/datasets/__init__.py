@@ -21,8 +21,9 @@ _LOADERS = {
 }
 
 
-def load(data_config, split: str):
-    """``(iterator of examples, number of examples)`` of ``split`` of the dataset ``data_config.name``."""
+def load(data_config, split: str, rows=None):
+    """``(iterator of examples, number of examples)`` of ``split`` of the dataset ``data_config.name``; with
+    ``rows`` (increasing positions in ``split``) only those examples, the others neither read nor decoded."""
     if data_config.name not in _LOADERS:
         raise ValueError(f"config.data.name: unknown dataset {data_config.name!r}; known: {sorted(_LOADERS)}")
-    return importlib.import_module(_LOADERS[data_config.name]).load(data_config, split)
+    return importlib.import_module(_LOADERS[data_config.name]).load(data_config, split, rows)

@@ -12,14 +12,18 @@ import itertools
 
 import tensorflow_datasets as tfds
 
-from eval.datasets import preprocess
+from eval.datasets import preprocess, splits
 
 NAME = "caltech_birds2011"
 
 
-def load(data_config, split: str):
-    """(iterator of examples, number of examples) of ``split``."""
+def load(data_config, split: str, rows=None):
+    """(iterator of examples, number of examples) of ``split`` (``rows``: see ``eval.datasets.load``)."""
     preprocess.check_mode(data_config.resize)
+    if rows is not None:
+        split = splits.pick(split, rows, tfds.builder(NAME, data_dir=data_config.data_dir).info.splits)
+        if not split:
+            return iter(()), 0
     ds = tfds.load(NAME, split=split, data_dir=data_config.data_dir, shuffle_files=False,
                    decoders={"image": tfds.decode.SkipDecoding(), "segmentation_mask": tfds.decode.SkipDecoding()})
     num = int(ds.cardinality())

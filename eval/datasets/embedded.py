@@ -11,7 +11,7 @@ import itertools
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from eval.datasets import clutter_shapes
+from eval.datasets import clutter_shapes, splits
 
 tf.config.set_visible_devices([], "GPU")
 
@@ -45,13 +45,18 @@ def _example(record):
     }
 
 
-def load(data_config, split):
+def load(data_config, split, rows=None):
     """(iterator of contract examples of ``split``, in index order, number of examples).
 
     ``split`` is any TFDS split spec, e.g. 'validation[1000:]'; ``image_id`` keeps the index within
-    the whole split ('validation_01000' is the first example of 'validation[1000:]').
+    the whole split ('validation_01000' is the first example of 'validation[1000:]'). ``rows``: see
+    ``eval.datasets.load``.
     """
     dataset_builder = builder(data_config)
+    if rows is not None:
+        split = splits.pick(split, rows, dataset_builder.info.splits)
+        if not split:
+            return iter(()), 0
     dataset = dataset_builder.as_dataset(
         split=split, shuffle_files=False, decoders={"mask": tfds.decode.SkipDecoding()})
     num_examples = dataset_builder.info.splits[split].num_examples

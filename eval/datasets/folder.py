@@ -16,8 +16,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 LABEL = -1
 
 
-def load(data_config, split: str):
-    """(iterator of examples, number of examples) of the images of ``data_config.folder`` that ``split`` picks."""
+def load(data_config, split: str, rows=None):
+    """(iterator of examples, number of examples) of the images of ``data_config.folder`` that ``split`` picks
+    (``rows``: see ``eval.datasets.load``)."""
     preprocess.check_mode(data_config.resize)
     folder = data_config.folder
     if not os.path.isdir(folder):
@@ -27,6 +28,7 @@ def load(data_config, split: str):
     if not names:
         raise FileNotFoundError(f"no {'/'.join(IMAGE_EXTENSIONS)} images in {folder} (--config.data.folder)")
     names = [names[i] for i in splits.select(split, len(names))]
+    names = names if rows is None else [names[r] for r in rows]
     return _examples(data_config, names), len(names)
 
 

@@ -117,8 +117,9 @@ def read_boxes(path: str, stems: set[str]) -> dict[str, list | str]:
     return _xml_table(path, stems)
 
 
-def load(data_config, split: str):
-    """(iterator of examples, number of examples) of ImageNet validation in ``data_config.order``, sliced by split."""
+def load(data_config, split: str, rows=None):
+    """(iterator of examples, number of examples) of ImageNet validation in ``data_config.order``, sliced by split
+    (``rows``: see ``eval.datasets.load``)."""
     preprocess.check_mode(data_config.resize)
     if data_config.order not in ORDERS:
         raise ValueError(f"config.data.order must be one of {ORDERS}, got {data_config.order!r}")
@@ -133,6 +134,7 @@ def load(data_config, split: str):
     if data_config.order == "class_folder":
         names.sort(key=lambda n: (synset_of[n], n))
     names = [names[i] for i in splits.select(split, len(names), allowed=("validation",))]
+    names = names if rows is None else [names[r] for r in rows]
     table = read_boxes(data_config.boxes, {os.path.splitext(n)[0] for n in names})
     label_of = {s: i for i, s in enumerate(synsets)}
     return _examples(data_config, tar_path, members, names, synset_of, label_of, table), len(names)

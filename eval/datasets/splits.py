@@ -26,3 +26,18 @@ def select(split: str, num_items: int, allowed: tuple[str, ...] | None = None) -
     info = types.SimpleNamespace(num_examples=num_items, shard_lengths=[num_items])
     instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute({name: info for name in names})
     return [i for ins in instructions for i in range(num_items)[slice(ins.from_, ins.to)]]
+
+
+def pick(split: str, rows, split_infos) -> str:
+    """The TFDS split string of the items at positions ``rows`` (increasing) of ``split``, e.g. rows [0, 1, 5] of
+    'validation[1000:]' -> 'validation[1000:1002]+validation[1005:1006]'; ``split_infos`` maps split names to
+    objects with ``num_examples`` (a builder's ``info.splits``). Empty ``rows`` give ''."""
+    items = [(ins.splitname, i) for ins in tfds.core.ReadInstruction.from_spec(split).to_absolute(split_infos)
+             for i in range(split_infos[ins.splitname].num_examples)[slice(ins.from_, ins.to)]]
+    runs = []
+    for name, i in (items[r] for r in rows):
+        if runs and runs[-1][0] == name and runs[-1][2] == i:
+            runs[-1][2] = i + 1
+        else:
+            runs.append([name, i, i + 1])
+    return "+".join(f"{name}[{a}:{b}]" for name, a, b in runs)
