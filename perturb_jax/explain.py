@@ -83,8 +83,8 @@ def _explain_one_batch(explain_fn, state, own: dict, n: int, config, batch_shard
     if not ok:  # a batch of only unreadable images stores only them
         return skipped
     out = {k: np.asarray(v)[ok] for k, v in out.items()}
-    out.update(skipped,
-        image_id=np.array([records[r]["image_id"] for r in ok], dtype=str),
+    out.update(
+        skipped, image_id=np.array([records[r]["image_id"] for r in ok], dtype=str),
         label=np.array([records[r]["label"] for r in ok], np.int32),
         boxes=results_store.pad_boxes([records[r]["boxes"] for r in ok]),
         boxes_original=results_store.pad_boxes([records[r]["boxes_original"] for r in ok]),
@@ -107,7 +107,7 @@ def explain_split(config, workdir: str, split_name: str, split: str, num_example
         if not multihost_utils.broadcast_one_to_all(np.int32(lead and os.path.exists(path))):  # process 0 decides
             start = time.perf_counter()
             image_shape = image_shape or _image_shape(config, split, num_examples)
-            rows = [r for r in mine if r < n]
+            rows = sorted(r for r in mine if r < n)  # the loaders return rows in increasing order
             examples = eval.datasets.load(config.data, split, [first + r for r in rows])[0] if rows else []
             num_images = config.num_figures if index == 0 and split_name == "eval" else 0
             out = _explain_one_batch(explain_fn, state, dict(zip(rows, examples)), n, config, batch_sharding,
