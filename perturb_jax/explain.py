@@ -98,27 +98,36 @@ def _explain_one_batch(explain_fn, state, own: dict, n: int, config, batch_shard
 def explain_split(config, workdir: str, split_name: str, split: str, num_examples: int, explain_fn, state,
                   batch_sharding, progress) -> None:
     """Explains every image of one split, batch by batch, skipping the batches already stored. Each process reads
-    and decodes only the examples of its own rows; process 0 decides what is left and writes each batch file."""
+    and decodes only the examples of its own rows, in one pass over the split (one ``load``: ImageNet's loader
+    indexes the tar and the boxes each time); process 0 decides what is left and writes each batch file."""
     lead = jax.process_index() == 0
     mine = sharding.process_rows(batch_sharding, config.batch_size)
-    image_shape = None
-    for index, (first, n) in enumerate(batch_bounds(num_examples, config.batch_size)):
+    bounds = batch_bounds(num_examples, config.batch_size)
+    if not bounds:
+        return
+    stored = [os.path.exists(results_store.batch_path(workdir, split_name, i)) for i in range(len(bounds))]
+    stored = multihost_utils.broadcast_one_to_all(np.array(stored if lead else [False] * len(bounds), np.int32))
+    todo = [(i, first, n) for i, (first, n) in enumerate(bounds) if not stored[i]]
+    progress.update(num_examples - sum(n for _, _, n in todo))
+    if not todo:
+        return
+    rows = {i: sorted(r for r in mine if r < n) for i, _, n in todo}  # the loaders return rows in increasing order
+    wanted = [first + r for i, first, _ in todo for r in rows[i]]
+    examples = iter(eval.datasets.load(config.data, split, wanted)[0] if wanted else ())
+    image_shape = _image_shape(config, split, num_examples)
+    for index, first, n in todo:
+        start = time.perf_counter()
+        own = {r: next(examples) for r in rows[index]}
+        num_images = config.num_figures if index == 0 and split_name == "eval" else 0
+        out = _explain_one_batch(explain_fn, state, own, n, config, batch_sharding, num_images, image_shape)
+        failed, skipped = int(out.get("failed", np.zeros(0)).sum()), len(out["skipped_id"])
+        if lead and (failed or skipped):
+            logging.warning("%s batch %d: %d images failed (non-finite loss), %d skipped", split_name, index,
+                            failed, skipped)
         path = results_store.batch_path(workdir, split_name, index)
-        if not multihost_utils.broadcast_one_to_all(np.int32(lead and os.path.exists(path))):  # process 0 decides
-            start = time.perf_counter()
-            image_shape = image_shape or _image_shape(config, split, num_examples)
-            rows = sorted(r for r in mine if r < n)  # the loaders return rows in increasing order
-            examples = eval.datasets.load(config.data, split, [first + r for r in rows])[0] if rows else []
-            num_images = config.num_figures if index == 0 and split_name == "eval" else 0
-            out = _explain_one_batch(explain_fn, state, dict(zip(rows, examples)), n, config, batch_sharding,
-                                     num_images, image_shape)
-            failed, skipped = int(out.get("failed", np.zeros(0)).sum()), len(out["skipped_id"])
-            if lead and (failed or skipped):
-                logging.warning("%s batch %d: %d images failed (non-finite loss), %d skipped", split_name, index,
-                                failed, skipped)
-            distributed.on_lead(functools.partial(results_store.write_batch, path, out))
-            if lead:
-                logging.info("%s batch %d: %d images in %.1f s", split_name, index, n, time.perf_counter() - start)
+        distributed.on_lead(functools.partial(results_store.write_batch, path, out))
+        if lead:
+            logging.info("%s batch %d: %d images in %.1f s", split_name, index, n, time.perf_counter() - start)
         progress.update(n)
 
 
