@@ -6,7 +6,7 @@ convolution (1-based) is ``features[RELU_TO_TORCH_INDEX[k]]``. ``avgpool`` is ``
 layer (the embedded classifier uses 8).
 """
 
-from typing import Iterable
+from typing import Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +16,7 @@ from flax import nnx
 # torchvision's configuration "E" with batch norm: numbers are conv widths, "M" a 2x2 max-pool.
 VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
 NUM_RELUS = 16
+BACKWARDS = ("plain", "guided", "excitation")
 
 
 def _torch_relu_indices() -> dict[int, int]:
@@ -89,6 +90,82 @@ def _conv_same_bwd(residuals, g):
 conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
 
 
+def _layer_names() -> tuple[str, ...]:
+    """Every module output ``VGG19BN.__call__`` can return or hook, named as in torchvision's ``vgg19_bn``."""
+    names, index = [], 0
+    for v in VGG19_CFG:
+        width = 1 if v == "M" else 3
+        names += [f"features.{index + i}" for i in range(width)]
+        index += width
+    return tuple(names) + ("avgpool",) + tuple(f"classifier.{j}" for j in range(7))
+
+
+LAYER_NAMES = _layer_names()
+
+
+@jax.custom_vjp
+def guided_relu(x: jax.Array) -> jax.Array:
+    """ReLU whose backward pass keeps only positive gradients at positive inputs (guided backpropagation;
+    Captum's ``GuidedBackprop``: relu of the ReLU's own input gradient)."""
+    return jnp.maximum(x, 0)
+
+
+def _guided_relu_fwd(x):
+    return jnp.maximum(x, 0), x
+
+
+def _guided_relu_bwd(x, g):
+    return (jnp.where((x > 0) & (g > 0), g, 0.0),)
+
+
+guided_relu.defvjp(_guided_relu_fwd, _guided_relu_bwd)
+
+
+@jax.custom_vjp
+def pass_gradient(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Returns ``y``; on the way back the gradient goes to ``x`` unchanged (excitation backprop's batch norm)."""
+    return y
+
+
+pass_gradient.defvjp(lambda x, y: (y, None), lambda _, g: (g, jnp.zeros_like(g)))
+
+
+def _conv_with_bias(x, kernel, bias):
+    return _conv(x, kernel) + bias
+
+
+def _dense(x, kernel, bias):
+    return x @ kernel + bias
+
+
+def _avg_pool_7(x, kernel, bias):
+    del kernel, bias
+    return adaptive_avg_pool(x, 7)
+
+
+def excitation_linear(f: Callable, x: jax.Array, kernel, bias) -> jax.Array:
+    """``f(x, kernel, bias)`` (linear in x) whose backward pass is excitation backprop's (Zhang et al. Eq. 7, as
+    TorchRay's ``ExcitationBackpropContext``): p' = x * f*(W+, p / (f(x, W+, 0) + 1e-20)), W+ = max(W, 0), f* the
+    vector-Jacobian product. Weights get no gradient."""
+
+    @jax.custom_vjp
+    def apply(x, kernel, bias):
+        return f(x, kernel, bias)
+
+    def fwd(x, kernel, bias):
+        return f(x, kernel, bias), (x, kernel, bias)
+
+    def bwd(residuals, g):
+        x, kernel, bias = residuals
+        positive = None if kernel is None else jnp.maximum(kernel, 0)
+        z, vjp = jax.vjp(lambda v: f(v, positive, None if bias is None else jnp.zeros_like(bias)), x)
+        grads = (x * vjp(g / (z + 1e-20))[0],)
+        return grads + tuple(None if a is None else jnp.zeros_like(a) for a in (kernel, bias))
+
+    apply.defvjp(fwd, bwd)
+    return apply(x, kernel, bias)
+
+
 def _conv_init():
     # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), bias 0.
     return jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -120,28 +197,64 @@ class VGG19BN(nnx.Module):
         return [input_grad_kernel(conv.kernel.value) for conv in self.convs]
 
     def __call__(self, x: jax.Array, relu_layers: Iterable[int] = (), *, train: bool = False,
-                 rngs: nnx.Rngs | None = None, grad_kernels: list[jax.Array] | None = None):
+                 rngs: nnx.Rngs | None = None, grad_kernels: list[jax.Array] | None = None,
+                 layers: Iterable[str] = (), hooks: Mapping[str, Callable[[jax.Array], jax.Array]] | None = None,
+                 backward: str = "plain"):
         """``train=True`` uses batch statistics and dropout, whose keys come from ``rngs`` (a ``dropout`` stream).
         ``grad_kernels`` (``input_grad_kernels()``, made outside a loop that differentiates this call) routes every
-        convolution through ``conv_same``: same numbers, XLA:CPU's fast path for the input gradient."""
-        wanted = frozenset(relu_layers)
+        convolution through ``conv_same``: same numbers, XLA:CPU's fast path for the input gradient.
+
+        The explanation methods' interface: ``layers`` names outputs to return (torchvision module names, see
+        ``LAYER_NAMES``: ``features.51`` is ReLU 16); ``hooks`` maps a name to a function applied to that output
+        (an additive tap to differentiate at, a change of the gradient flowing back); ``backward`` replaces the
+        backward pass (``BACKWARDS``): ``guided`` (Springenberg et al.: every ReLU passes only positive gradients
+        of positive inputs), ``excitation`` (Zhang et al., as TorchRay: convolutions, linear layers and average
+        pools pass the excitation by their positive weights, batch norms pass it unchanged). The forward values
+        never change. Returns (logits, {relu number or layer name: output}).
+        """
+        if backward not in BACKWARDS:
+            raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
+        wanted, names, hooks = frozenset(relu_layers), frozenset(layers), dict(hooks or {})
         acts = {}
-        k = 0
+        relu = guided_relu if backward == "guided" else nnx.relu
+        ebp = backward == "excitation"
+
+        def tap(name, value):
+            value = hooks[name](value) if name in hooks else value
+            if name in names:
+                acts[name] = value
+            return value
+
+        k = index = 0
         for v in VGG19_CFG:
             if v == "M":
-                x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+                x = tap(f"features.{index}", nnx.max_pool(x, (2, 2), strides=(2, 2)))
+                index += 1
                 continue
-            conv = self.convs[k]
-            h = conv(x) if grad_kernels is None else conv_same(x, conv.kernel.value, grad_kernels[k]) + conv.bias.value
-            x = nnx.relu(self.bns[k](h, use_running_average=not train))
+            conv, bn = self.convs[k], self.bns[k]
+            if ebp:
+                h = excitation_linear(_conv_with_bias, x, conv.kernel.value, conv.bias.value)
+            elif grad_kernels is None:
+                h = conv(x)
+            else:
+                h = conv_same(x, conv.kernel.value, grad_kernels[k]) + conv.bias.value
+            h = tap(f"features.{index}", h)
+            normed = bn(h, use_running_average=not train)
+            h = tap(f"features.{index + 1}", pass_gradient(h, normed) if ebp else normed)
+            x = tap(f"features.{index + 2}", relu(h))
             k += 1
+            index += 3
             if k in wanted:
                 acts[k] = x
-        x = adaptive_avg_pool(x, 7)
+        x = tap("avgpool", excitation_linear(_avg_pool_7, x, None, None) if ebp else adaptive_avg_pool(x, 7))
         x = x.reshape(x.shape[0], -1)  # NHWC flattening; convert_weights permutes torch's NCHW-flattened weight.
-        x = self.dropout(nnx.relu(self.fc[0](x)), deterministic=not train, rngs=rngs)
-        x = self.dropout(nnx.relu(self.fc[1](x)), deterministic=not train, rngs=rngs)
-        return self.fc[2](x), acts
+        for j, fc in enumerate(self.fc):
+            x = tap(f"classifier.{3 * j}",
+                    excitation_linear(_dense, x, fc.kernel.value, fc.bias.value) if ebp else fc(x))
+            if j < 2:
+                x = tap(f"classifier.{3 * j + 1}", relu(x))
+                x = tap(f"classifier.{3 * j + 2}", self.dropout(x, deterministic=not train, rngs=rngs))
+        return x, acts
 
 
 class FoldedVGG(nnx.Module):
