@@ -19,7 +19,6 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from PIL import Image, ImageDraw
 from skimage import io as skio
 from skimage import transform
 
@@ -32,7 +31,6 @@ METHOD = "aln"
 GRADIENT = "input_gradient"
 FIGURE_KEYS = ("images", "masked", "prob_small")
 FIGURE_COLUMNS = ("image", "masked image", "mask intensity", "true (green), ALN (red)")
-_HEADER = 16  # px above a figure's tiles, for the column names.
 
 
 def process_share(examples, process_index: int, process_count: int):
@@ -394,26 +392,6 @@ def _heat(saliency: np.ndarray, size) -> np.ndarray:
     return report.colourise(s)
 
 
-def _grid(rows: list[list[np.ndarray]], columns, scale: int) -> np.ndarray:
-    """Rows of equal tiles 2 px apart, upscaled by ``scale`` (np.kron, as ``report.figure``), 4 px between rows,
-    under a white strip naming the ``columns``."""
-    strips = []
-    for tiles in rows:
-        gap = np.full((tiles[0].shape[0], 2, 3), 255, np.uint8)
-        strip = np.concatenate([x for tile in tiles for x in (tile, gap)][:-1], axis=1)
-        strips.append(np.kron(strip, np.ones((scale, scale, 1), np.uint8)))
-    h, w = strips[0].shape[:2]
-    grid = np.full((_HEADER + len(strips) * (h + 4), w + 4, 3), 255, np.uint8)
-    for i, strip in enumerate(strips):
-        grid[_HEADER + i * (h + 4):_HEADER + i * (h + 4) + h, :w] = strip
-    canvas = Image.fromarray(grid)
-    draw = ImageDraw.Draw(canvas)
-    step = (rows[0][0].shape[1] + 2) * scale
-    for c, name in enumerate(columns):
-        draw.text((c * step + 2, 2), name, fill=(0, 0, 0))
-    return np.asarray(canvas)
-
-
 def figure(images, masked, prob_small, prob, gt_boxes) -> np.ndarray:
     """Paper Figure 2: per image [image | masked image | mask intensity | true (green) and Sec. 3.2 (red) box]."""
     rows = []
@@ -426,14 +404,14 @@ def figure(images, masked, prob_small, prob, gt_boxes) -> np.ndarray:
             report.draw_box(boxed, b, report.GT_COLOUR)
         report.draw_box(boxed, box_ops.adaptive_threshold_box(full), report.PRED_COLOUR)
         rows.append([image, hidden.astype(np.uint8), _heat(small, size), boxed])
-    return _grid(rows, FIGURE_COLUMNS, max(1, 192 // images[0].shape[0]))
+    return report.grid(rows, FIGURE_COLUMNS, max(1, 192 // images[0].shape[0]))
 
 
 def ablation_figure(path: str, images, prob_a, prob_b, labels=("co-trained", "classifier frozen")) -> None:
     """Sec. 3.4's ablation (paper Figure 4): per image [image | map of run a | map of run b], saved at ``path``."""
     size = images[0].shape[:2]
     rows = [[image, _heat(a, size), _heat(b, size)] for image, a, b in zip(images, prob_a, prob_b)]
-    skio.imsave(path, _grid(rows, ("image", *labels), max(1, 192 // size[0])), check_contrast=False)
+    skio.imsave(path, report.grid(rows, ("image", *labels), max(1, 192 // size[0])), check_contrast=False)
 
 
 def write_report(out_dir: str, config, summary: dict, per_image: list[dict], evaluation: dict) -> None:

@@ -13,8 +13,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from perturb_jax import objective, optimize
-from perturb_jax.models.vgg import NUM_RELUS
+from perturb_jax import methods, objective, optimize, perturb
+from perturb_jax.models.vgg import LAYER_NAMES, NUM_RELUS
 
 EMBEDDED_CHECKPOINT = os.path.join(os.path.dirname(__file__), "assets", "clutter_shapes_vgg19bn_w8")
 TRAIN_EMBEDDED = "python -m perturb_jax.train_classifier --config=configs/classifier.py --workdir=/tmp/classifier"
@@ -23,6 +23,8 @@ STRATEGIES = ("value", "mean", "energy")
 TARGETS = ("predicted", "ground_truth")
 EVAL_RESOLUTIONS = ("model", "original")
 DISTRIBUTED = ("auto", "on", "off")
+# Method options the runner fills from config.model (DeepFool works in pixel space).
+FROM_MODEL = ("mean", "std")
 
 
 class ConfigError(ValueError):
@@ -34,6 +36,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.batch_size = 32  # global: split over every device of every process.
     c.num_figures = 16
+    # The methods to run and score (perturb_jax.methods.NAMES); configs/table1.py lists all of them.
+    c.methods = ("perceptual_ball", "gradient")
+    c.target = "predicted"  # the class every method explains: authors' code (argmax); or "ground_truth".
+    c.chunk_size = 256  # network evaluations per pass of the sampling methods (memory bound), whole batch.
+    c.seed = 0  # the sampling methods' noise and masks (per batch: fold_in of the split and batch index).
+    # Each method's options (the perceptual ball's are the perturb and saliency groups below).
+    c.method = method_options()
     c.distributed = distributed_config()
 
     c.model = ml_collections.ConfigDict()
@@ -62,7 +71,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.perturb.lam_pixel = 1.0  # paper Sec. 3 and authors' code (scalar).
     c.perturb.target_margin = -2.0  # authors' code (value); the paper's "T > 0" is a typo, see objective.py.
     c.perturb.reduction = "mean"  # authors' code (MSE); "sum" is the paper's squared norm.
-    c.perturb.target = "predicted"  # authors' code (argmax); "ground_truth" is the other choice.
     c.perturb.optimizer = "lbfgs"  # authors' code: torch L-BFGS, no line search.
     c.perturb.max_steps = 100  # authors' example notebook (200 is their function's default); embedded: 30.
     c.perturb.learning_rate = 1.0  # authors' code.
@@ -81,10 +89,32 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.protocol.energy_alphas = tuple(np.round(np.arange(0, 0.951, 0.05), 2).tolist())
     c.protocol.mean_alphas = tuple(np.round(np.arange(0, 10.01, 0.5), 2).tolist())
     c.protocol.max_box_acc_interval = 0.01  # wsolevaluation's cam_curve_interval.
+    # Without tuning images (a folder of photos) each strategy is reported at these (our choice).
+    c.protocol.given_alphas = ml_collections.ConfigDict({"value": 0.5, "mean": 1.0, "energy": 0.5})
     if variant not in VARIANTS:
         raise ConfigError(f"config variant {variant!r} is unknown; known: {sorted(VARIANTS)}")
     VARIANTS[variant](c)
     return c
+
+
+def method_options() -> ml_collections.ConfigDict:
+    """``method.<name>.<option>`` for every method but the perceptual ball, at the defaults of its module."""
+    group = ml_collections.ConfigDict()
+    for name in methods.NAMES:
+        options = {k: o.default for k, o in methods.get(name).options.items() if k not in FROM_MODEL}
+        if name != "perceptual_ball":
+            group[name] = ml_collections.ConfigDict(options)
+    return group
+
+
+def method_settings(c: ml_collections.ConfigDict, name: str) -> dict:
+    """The options ``methods.make_fn`` compiles ``name`` with: its group, the normalisation, the chunk size."""
+    if name == "perceptual_ball":
+        return {"settings": perturb.Settings.from_config(c)}
+    options = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in c.method[name].items()}
+    wanted = methods.get(name).options
+    options |= {k: tuple(float(v) for v in c.model[k]) for k in FROM_MODEL if k in wanted}
+    return options | {"chunk_size": int(c.chunk_size)}
 
 
 def distributed_config() -> ml_collections.ConfigDict:
@@ -186,7 +216,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None, num_p
         if not p[field] >= 0:
             _fail(f"perturb.{field}", f"must be >= 0, got {p[field]}")
     _choice("perturb.reduction", p.reduction, objective.REDUCTIONS)
-    _choice("perturb.target", p.target, TARGETS)
+    _choice("target", c.target, TARGETS)
+    check_methods(c)
     _choice("perturb.optimizer", p.optimizer, optimize.OPTIMIZERS)
     if not c.saliency.smoothing_sigma >= 0:
         _fail("saliency.smoothing_sigma", f"must be >= 0, got {c.saliency.smoothing_sigma}")
@@ -215,8 +246,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None, num_p
         _fail("data.manual_dir" if not d.manual_dir else "data.boxes",
               "is empty; ImageNet needs --config.data.manual_dir=DIR holding ILSVRC2012_img_val.tar and "
               "--config.data.boxes=ILSVRC2012_bbox_val_v3.tgz, a folder of its XMLs, or LOC_val_solution.csv")
-    if d.name == "folder" and c.perturb.target == "ground_truth":
-        _fail("perturb.target", "ground_truth needs labels, and a folder of photos has none; use predicted")
+    if d.name == "folder" and c.target == "ground_truth":
+        _fail("target", "ground_truth needs labels, and a folder of photos has none; use predicted")
     if not d.eval_split:
         _fail("data.eval_split", "is empty; name the images to explain, e.g. validation[:1000]")
     check_disjoint(d.tune_split, d.eval_split)
@@ -227,6 +258,55 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None, num_p
     check_batch_size(c.batch_size, num_devices or jax.device_count(), num_processes or jax.process_count())
     if c.num_figures < 0:
         _fail("num_figures", f"must be >= 0, got {c.num_figures}")
+
+
+def method_names(value) -> tuple[str, ...]:
+    """``methods`` as a tuple of names, also from the one string ``--config.methods=gradient,rise`` gives."""
+    return tuple(name for item in value for name in (part.strip(" ()'\"") for part in str(item).split(",")) if name)
+
+
+def check_methods(c: ml_collections.ConfigDict) -> None:
+    """``methods`` (made a tuple of names), ``chunk_size`` and every method's options: type, choices, range,
+    layer names."""
+    c.methods = names = method_names(c.methods)
+    unknown = [m for m in names if m not in methods.NAMES]
+    if not names or unknown or len(set(names)) != len(names):
+        _fail("methods", f"{names} must name each method once, from {', '.join(methods.NAMES)}")
+    if isinstance(c.chunk_size, bool) or not isinstance(c.chunk_size, int) or c.chunk_size < 1:
+        _fail("chunk_size", f"must be an integer >= 1 (network evaluations per pass), got {c.chunk_size!r}")
+    for strategy in STRATEGIES:
+        alpha = c.protocol.given_alphas[strategy]
+        if not alpha >= 0 or (strategy != "mean" and alpha > 1):
+            _fail(f"protocol.given_alphas.{strategy}", f"must be in [0, 1] ([0, inf) for mean), got {alpha}")
+    for name in c.method:
+        for key, option in methods.get(name).options.items():
+            if key not in FROM_MODEL:
+                _check_option(f"method.{name}.{key}", c.method[name][key], option)
+
+
+def _check_option(field: str, value, option) -> None:
+    default = option.default
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, tuple):
+        ok = isinstance(value, (tuple, list)) and len(value) > 0 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        _fail(field, f"must be of type {type(default).__name__} (like the default {default!r}), got {value!r}")
+    if option.choices and value not in option.choices:
+        _fail(field, f"must be one of {option.choices}, got {value!r}")
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if option.minimum is not None and any(v < option.minimum for v in values):
+        _fail(field, f"must be >= {option.minimum}, got {value!r}")
+    if option.layer and value not in LAYER_NAMES:
+        _fail(field, f"{value!r} is not a layer of VGG19_bn; accepted: features.0 to features.52, avgpool, "
+              "classifier.0 to classifier.6 (torchvision module names; features.51 is ReLU 16)")
 
 
 def _slice(split: str) -> tuple[str, int | None, int | None] | None:

@@ -158,21 +158,29 @@ def explain_split_torch(model, config, workdir: str, split_name: str, split: str
     for index, (first, n) in enumerate(explain.batch_bounds(len(examples), config.batch_size)):
         batch = [ex for ex in examples[first:first + n] if "error" not in ex]
         skipped = [ex for ex in examples[first:first + n] if "error" in ex]
+        start = time.perf_counter()
         per_image = [explain_image_torch(model, explain.normalise(ex["image"], config), config, torch_steps)
                      for ex in batch]
+        seconds = time.perf_counter() - start
         out = {k: np.stack([r[k] for r in per_image]) for k in per_image[0]} if batch else {}
+        record = {"skipped_id": np.array([ex["image_id"] for ex in skipped], dtype=str),
+                  "skipped_reason": np.array([ex["error"] for ex in skipped], dtype=str)}
         if batch:
-            out.update(
-                image_id=np.array([ex["image_id"] for ex in batch]),
-                label=np.array([ex["label"] for ex in batch], np.int32),
+            record.update(
+                image_id=np.array([ex["image_id"] for ex in batch]), predicted=out.pop("predicted"),
+                target=out.pop("target"), label=np.array([ex["label"] for ex in batch], np.int32),
                 boxes=results_store.pad_boxes([ex["boxes"] for ex in batch]),
                 boxes_original=results_store.pad_boxes([ex["boxes_original"] for ex in batch]),
                 original_size=np.array([ex["original_size"] for ex in batch], np.int32))
-        out["skipped_id"] = np.array([ex["image_id"] for ex in skipped], dtype=str)
-        out["skipped_reason"] = np.array([ex["error"] for ex in skipped], dtype=str)
+            timing = dict(batch_seconds=np.array([seconds]), batch_compile_seconds=np.zeros(1),
+                          batch_images=np.array([len(batch)]))
+            gradient = dict(saliency=out.pop("gradient"), failed=np.zeros(len(batch), bool))
+            for method, arrays in (("perceptual_ball", out), ("gradient", gradient)):
+                results_store.write_batch(results_store.batch_path(workdir, split_name, index, method),
+                                          arrays | timing)
         if index == 0 and split_name == "eval" and batch[: config.num_figures]:
-            out["images"] = np.stack([ex["image"] for ex in batch[: config.num_figures]])
-        results_store.write_batch(results_store.batch_path(workdir, split_name, index), out)
+            record["images"] = np.stack([ex["image"] for ex in batch[: config.num_figures]])
+        results_store.write_batch(results_store.batch_path(workdir, split_name, index), record)
 
 
 def run_authors(config, workdir: str, torch_steps: int) -> dict:
@@ -188,7 +196,7 @@ def run_authors(config, workdir: str, torch_steps: int) -> dict:
     for split_name, split in zip(explain.SPLITS, (config.data.tune_split, config.data.eval_split)):
         explain_split_torch(model, config, workdir, split_name, split, torch_steps)
     explain_s = time.perf_counter() - explain_start
-    tune, evaluation = (results_store.read_split(workdir, name) for name in explain.SPLITS)
+    tune, evaluation = (results_store.read_split(workdir, name, config.methods) for name in explain.SPLITS)
     summary, per_image = scoring.score(config, tune, evaluation)
     report.write_all(workdir, config, summary, per_image, evaluation)
     return dict(summary=summary, explain_s=explain_s, whole_s=time.perf_counter() - start,
@@ -197,7 +205,8 @@ def run_authors(config, workdir: str, torch_steps: int) -> dict:
 
 def record(name: str, description: str, result: dict, workdir: str) -> dict:
     """One procedure's row: images, seconds, images/s, mean steps (from its batch files), its summary."""
-    steps = np.concatenate([results_store.read_split(workdir, s).get("steps", np.zeros(0)) for s in explain.SPLITS])
+    steps = np.concatenate([results_store.read_split(workdir, s, ["perceptual_ball"]).get(
+        "perceptual_ball/steps", np.zeros(0)) for s in explain.SPLITS])
     images = sum(result["summary"]["num_images"][s] for s in explain.SPLITS)
     return dict(procedure=name, description=description, workdir=workdir, images=images,
                 images_per_s=images / result["explain_s"], mean_steps=float(steps.mean()),
@@ -210,7 +219,7 @@ def table(rows: list[dict], strategies) -> str:
             "steps per image (mean)", *strategies, "best on tuning"]
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     for r in rows:
-        errors = r["summary"].get("localisation_error", {}).get(r["summary"]["method"], {})
+        errors = r["summary"].get("localisation_error", {}).get(r["summary"]["methods"][0], {})
         cells = [f"{errors[s]['eval_error']:.3f} (α {errors[s]['alpha']:g})" if s in errors else "-"
                  for s in strategies]
         best = errors.get("best")

@@ -8,6 +8,7 @@ Many processes (``config.distributed``) run one job: each feeds its own rows of 
 which batches are still to do, writes the batch files and the report into the workdir they all share.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -15,6 +16,7 @@ import pickle
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -23,13 +25,15 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 import eval.datasets
-from perturb_jax import checkpoint, config as config_lib, distributed, perturb, report, results_store, scoring
+from perturb_jax import checkpoint, config as config_lib, distributed, methods, report, results_store, scoring
 from perturb_jax import sharding
 from perturb_jax import workdir as workdir_lib
 
 SPLITS = ("tune", "eval")
 # Fields that do not change any stored number: a run may resume with other values of these.
-_NOT_IN_FINGERPRINT = ("num_figures", "distributed")
+# Fields that do not change any stored number: a run may resume with other values of these. Each method's options
+# are checked apart (``maps/<method>/options.json``), so a finished workdir takes a new method.
+_NOT_IN_FINGERPRINT = ("num_figures", "distributed", "methods", "method", "chunk_size")
 
 
 def normalise(images: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
@@ -60,54 +64,123 @@ def _image_shape(config, split: str, num_examples: int) -> tuple:
     return (config.data.image_size, config.data.image_size, 3)
 
 
-def _explain_one_batch(explain_fn, state, own: dict, n: int, config, batch_sharding, num_images: int,
-                       image_shape: tuple) -> dict:
+def _batch_key(config, split_name: str, index: int) -> jax.Array:
+    """The sampling methods' key for one batch: the same on a resumed run, different for every batch."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), SPLITS.index(split_name)), index)
+
+
+def _check_labels(labels: np.ndarray, own: dict, rows: list, config, num_classes: int) -> None:
+    """With ``target = ground_truth`` every label must be a class of the model (checked before any compiling)."""
+    if config.target != "ground_truth":
+        return
+    bad = [r for r, label in zip(rows, labels) if r in own and "error" not in own[r] and
+           not 0 <= own[r]["label"] < num_classes]
+    if bad:
+        ex = own[bad[0]]
+        raise config_lib.ConfigError(
+            f"config.target: ground_truth label {ex['label']} of {ex['image_id']} is not one of the model's "
+            f"{num_classes} classes; use --config.target=predicted or a checkpoint trained on these labels")
+
+
+class Runner:
+    """Runs the methods of ``config.methods`` on global batches: one compiled program per method (ahead of its
+    first batch, its compile time kept apart), the batch's targets from one forward pass."""
+
+    def __init__(self, config, graphdef, state, batch_sharding):
+        self.config, self.state, self.sharding = config, state, batch_sharding
+        self.settings = {m: config_lib.method_settings(config, m) for m in config.methods}
+        self.fns = {m: methods.make_fn(m, graphdef, self.settings[m]) for m in config.methods}
+        self.compiled = {}
+        self.num_classes = int(nnx.merge(graphdef, state).fc[2].out_features)
+        self.predict = jax.jit(lambda st, x: jnp.argmax(nnx.merge(graphdef, st)(x)[0], axis=-1).astype(jnp.int32))
+
+    def run(self, images, labels, key, todo: list[str]) -> tuple[dict, dict]:
+        """(records common to the methods: predicted, target; {method: outputs with batch_seconds}) of one batch."""
+        predicted = self.predict(self.state, images)
+        targets = predicted if self.config.target == "predicted" else jnp.maximum(labels, 0)
+        common = {"predicted": predicted, "target": targets}
+        outputs = {}
+        for m in todo:
+            args = (self.state, images, targets, key)
+            compile_s = 0.0
+            if m not in self.compiled:
+                start = time.perf_counter()
+                self.compiled[m] = self.fns[m].lower(*args).compile()
+                compile_s = time.perf_counter() - start
+            start = time.perf_counter()
+            out = jax.block_until_ready(self.compiled[m](*args))
+            out["batch_seconds"] = time.perf_counter() - start
+            out["batch_compile_seconds"] = compile_s
+            outputs[m] = out
+        return common, outputs
+
+
+def _gather(out: dict) -> dict:
+    return {k: np.asarray(v) for k, v in multihost_utils.process_allgather(out, tiled=True).items()}
+
+
+def _explain_one_batch(runner: Runner, own: dict, n: int, todo: list[str], key, num_images: int,
+                       image_shape: tuple) -> tuple[dict, dict]:
     """Explains one global batch of ``n`` examples from ``own`` ({row: example} of this process's rows; a row past
-    ``n`` or whose example failed to load gets a filler); every process gets every row back, with each row's record
-    from the process that read it. The first ``num_images`` good images travel too (for the figure)."""
-    mine = sharding.process_rows(batch_sharding, config.batch_size)
+    ``n`` or whose example failed to load gets a filler) with the methods ``todo``; every process gets every row
+    back, with each row's record from the process that read it. Returns (the batch's records, {method: its
+    outputs for the rows that loaded}); a method's non-finite map marks that image failed for that method. The
+    first ``num_images`` good images travel too (for the figure)."""
+    config = runner.config
+    mine = sharding.process_rows(runner.sharding, config.batch_size)
     good = [own[r] if r in own and "error" not in own[r] else None for r in mine]
     images = np.stack([ex["image"] if ex else np.zeros(image_shape, np.uint8) for ex in good])
     labels = np.array([max(ex["label"], 0) if ex else 0 for ex in good], np.int32)
-    out = explain_fn(state, *(jax.make_array_from_process_local_data(batch_sharding, a)
-                              for a in (normalise(images, config), labels)))
-    out = multihost_utils.process_allgather(out, tiled=True)
+    _check_labels(labels, own, mine, config, runner.num_classes)
+    common, outputs = runner.run(*(jax.make_array_from_process_local_data(runner.sharding, a)
+                                   for a in (normalise(images, config), labels)), key, todo)
+    common = _gather(common)
     records = {r: _metadata(ex, r < num_images) for r, ex in own.items()}
     if jax.process_count() > 1:
         records = {r: m for part in distributed.allgather_bytes(pickle.dumps(records)) for r, m in
                    pickle.loads(part).items()}
     ok = [r for r in range(n) if "error" not in records[r]]
     bad = [records[r] for r in range(n) if "error" in records[r]]
-    skipped = dict(skipped_id=np.array([m["image_id"] for m in bad], dtype=str),
-                   skipped_reason=np.array([m["error"] for m in bad], dtype=str))
+    record = dict(skipped_id=np.array([m["image_id"] for m in bad], dtype=str),
+                  skipped_reason=np.array([m["error"] for m in bad], dtype=str))
+    per_method = {}
+    for m, out in outputs.items():
+        timing = {k: np.array([out.pop(k)], np.float64) for k in ("batch_seconds", "batch_compile_seconds")}
+        out = {k: v[ok] for k, v in _gather(out).items()}
+        finite = np.isfinite(out["saliency"]).all(axis=(1, 2))
+        out["failed"] = out.get("failed", np.zeros(len(ok), bool)) | ~finite
+        out["saliency"] = np.where(finite[:, None, None], out["saliency"], 0).astype(np.float32)
+        per_method[m] = out | timing | {"batch_images": np.array([len(ok)], np.int64)}
     if not ok:  # a batch of only unreadable images stores only them
-        return skipped
-    out = {k: np.asarray(v)[ok] for k, v in out.items()}
-    out.update(
-        skipped, image_id=np.array([records[r]["image_id"] for r in ok], dtype=str),
+        return record, {m: {} for m in outputs}
+    record.update(
+        {k: v[ok] for k, v in common.items()}, image_id=np.array([records[r]["image_id"] for r in ok], dtype=str),
         label=np.array([records[r]["label"] for r in ok], np.int32),
         boxes=results_store.pad_boxes([records[r]["boxes"] for r in ok]),
         boxes_original=results_store.pad_boxes([records[r]["boxes_original"] for r in ok]),
         original_size=np.array([records[r]["original_size"] for r in ok], np.int32))
     figure = [records[r]["image"] for r in ok if "image" in records[r]]
     if figure:
-        out["images"] = np.stack(figure)
-    return out
+        record["images"] = np.stack(figure)
+    return record, per_method
 
 
-def explain_split(config, workdir: str, split_name: str, split: str, num_examples: int, explain_fn, state,
-                  batch_sharding, progress) -> None:
-    """Explains every image of one split, batch by batch, skipping the batches already stored. Each process reads
-    and decodes only the examples of its own rows, in one pass over the split (one ``load``: ImageNet's loader
-    indexes the tar and the boxes each time); process 0 decides what is left and writes each batch file."""
+def explain_split(config, workdir: str, split_name: str, split: str, num_examples: int, runner: Runner,
+                  progress) -> None:
+    """Explains every image of one split, batch by batch, with every method whose file of that batch is missing.
+    Each process reads and decodes only the examples of its own rows, in one pass over the split (one ``load``:
+    ImageNet's loader indexes the tar and the boxes each time); process 0 decides what is left and writes."""
     lead = jax.process_index() == 0
-    mine = sharding.process_rows(batch_sharding, config.batch_size)
+    mine = sharding.process_rows(runner.sharding, config.batch_size)
     bounds = batch_bounds(num_examples, config.batch_size)
     if not bounds:
         return
-    stored = [os.path.exists(results_store.batch_path(workdir, split_name, i)) for i in range(len(bounds))]
-    stored = multihost_utils.broadcast_one_to_all(np.array(stored if lead else [False] * len(bounds), np.int32))
-    todo = [(i, first, n) for i, (first, n) in enumerate(bounds) if not stored[i]]
+    kinds = ("",) + tuple(config.methods)  # "" is the batch's records
+    stored = [[os.path.exists(results_store.batch_path(workdir, split_name, i, m)) for m in kinds]
+              for i in range(len(bounds))]
+    stored = multihost_utils.broadcast_one_to_all(
+        np.array(stored if lead else [[False] * len(kinds)] * len(bounds), np.int32))
+    todo = [(i, first, n) for i, (first, n) in enumerate(bounds) if not stored[i].all()]
     progress.update(num_examples - sum(n for _, _, n in todo))
     if not todo:
         return
@@ -119,15 +192,22 @@ def explain_split(config, workdir: str, split_name: str, split: str, num_example
         start = time.perf_counter()
         own = {r: next(examples) for r in rows[index]}
         num_images = config.num_figures if index == 0 and split_name == "eval" else 0
-        out = _explain_one_batch(explain_fn, state, own, n, config, batch_sharding, num_images, image_shape)
-        failed, skipped = int(out.get("failed", np.zeros(0)).sum()), len(out["skipped_id"])
-        if lead and (failed or skipped):
-            logging.warning("%s batch %d: %d images failed (non-finite loss), %d skipped", split_name, index,
-                            failed, skipped)
-        path = results_store.batch_path(workdir, split_name, index)
-        distributed.on_lead(functools.partial(results_store.write_batch, path, out))
+        missing = [m for m, done in zip(config.methods, stored[index][1:]) if not done]
+        record, per_method = _explain_one_batch(runner, own, n, missing, _batch_key(config, split_name, index),
+                                                num_images, image_shape)
+        failed = {m: int(out["failed"].sum()) for m, out in per_method.items() if "failed" in out}
+        if lead and (any(failed.values()) or len(record["skipped_id"])):
+            logging.warning("%s batch %d: failed (non-finite) %s, %d skipped", split_name, index,
+                            {m: k for m, k in failed.items() if k}, len(record["skipped_id"]))
+        for m, out in per_method.items():
+            distributed.on_lead(functools.partial(results_store.write_batch,
+                                                  results_store.batch_path(workdir, split_name, index, m), out))
+        if not stored[index][0]:  # the records last: a batch counts as begun only when its maps are there
+            distributed.on_lead(functools.partial(results_store.write_batch,
+                                                  results_store.batch_path(workdir, split_name, index), record))
         if lead:
-            logging.info("%s batch %d: %d images in %.1f s", split_name, index, n, time.perf_counter() - start)
+            logging.info("%s batch %d: %d images in %.1f s (%s)", split_name, index, n, time.perf_counter() - start,
+                         ", ".join(f"{m} {out['batch_seconds'][0]:.1f} s" for m, out in per_method.items()))
         progress.update(n)
 
 
@@ -144,15 +224,13 @@ def explain_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
     model = distributed.collectively(
         lambda: checkpoint.load_model(config.model.checkpoint, how_to_make=_how_to_make(config)))
     graphdef, state = nnx.split(model)
-    explain_fn = perturb.make_explain_fn(graphdef, perturb.Settings.from_config(config))
     batch_sharding, replicated = sharding.data_parallel()
-    state = sharding.replicate(state, replicated)
+    runner = Runner(config, graphdef, sharding.replicate(state, replicated), batch_sharding)
 
     with tqdm(total=sum(counts.values()), desc="explaining", unit="img", dynamic_ncols=True,
               disable=not lead) as progress:
         for split_name, split in splits.items():
-            explain_split(config, workdir, split_name, split, counts[split_name], explain_fn, state, batch_sharding,
-                          progress)
+            explain_split(config, workdir, split_name, split, counts[split_name], runner, progress)
 
     summary = distributed.on_lead(lambda: _score_and_report(config, workdir))
     if jax.process_count() > 1:
@@ -162,7 +240,7 @@ def explain_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
 
 
 def _score_and_report(config, workdir: str) -> dict:
-    tune, evaluation = (results_store.read_split(workdir, name) for name in SPLITS)
+    tune, evaluation = (results_store.read_split(workdir, name, config.methods) for name in SPLITS)
     summary, per_image = scoring.score(config, tune, evaluation)
     report.write_all(workdir, config, summary, per_image, evaluation)
     return summary
@@ -179,6 +257,11 @@ def _prepare_workdir(config, workdir: str) -> None:
         if token:
             workdir_lib.check_shared(workdir, token, jax.process_index())
         workdir_lib.check_fingerprint(config, workdir, _NOT_IN_FINGERPRINT, write=lead)
+        for m in config.methods:
+            options = config_lib.method_settings(config, m)
+            options = dataclasses.asdict(options["settings"]) if m == "perceptual_ball" else options
+            workdir_lib.check_options(os.path.join(workdir, "maps", m), f"method.{m}",
+                                      {k: v for k, v in options.items() if k != "chunk_size"}, write=lead)
 
     distributed.collectively(prepare, lead_first=True)
     if token and lead:

@@ -33,7 +33,7 @@ class Settings:
     def from_config(cls, config: ml_collections.ConfigDict) -> "Settings":
         p = config.perturb
         return cls(tuple(sorted(p.relu_layers)), float(p.lam_perceptual), float(p.lam_pixel),
-                   float(p.target_margin), p.reduction, p.target, p.optimizer, int(p.max_steps),
+                   float(p.target_margin), p.reduction, config.target, p.optimizer, int(p.max_steps),
                    float(p.learning_rate), int(p.history_size), float(p.tolerance_grad),
                    float(p.tolerance_change), bool(config.saliency.guided), float(config.saliency.smoothing_sigma))
 

@@ -1,18 +1,21 @@
-"""Writes the job's outputs: results.json, results.csv, table.md and figure.png (image, map, boxes)."""
+"""Writes the job's outputs: results.json, results.csv, table.md and figure.png (a row per image, a column per
+method: each map over its image with its box)."""
 
 import csv
 import json
 import os
 
 import numpy as np
+from PIL import Image, ImageDraw
 from skimage import io as skio
 from skimage import transform
 
-from perturb_jax import scoring
+from perturb_jax import methods, scoring
 
 # Anchors of a perceptually ordered dark-to-bright colour map (black, purple, orange, pale yellow).
 _CMAP = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float32)
 GT_COLOUR, PRED_COLOUR = (0, 255, 0), (255, 0, 0)
+GRID_HEADER = 16  # pixels above a grid, for the column names
 
 
 def colourise(saliency: np.ndarray) -> np.ndarray:
@@ -35,50 +38,90 @@ def draw_box(image: np.ndarray, box, colour) -> None:
     image[y0:y1 + 1, x0] = image[y0:y1 + 1, x1] = colour
 
 
-def figure(images, maps, gt_boxes, pred_boxes, scale: int = 1, columns: int = 4) -> np.ndarray:
-    """A grid of tiles [image | map | image with true (green) and predicted (red) boxes], 2 px gaps."""
-    tiles = []
-    for image, saliency, gt, pred in zip(images, maps, gt_boxes, pred_boxes):
-        boxed = image.copy()
-        for b in gt:
-            draw_box(boxed, b, GT_COLOUR)
-        draw_box(boxed, pred, PRED_COLOUR)
-        heat = colourise(transform.resize(saliency, image.shape[:2], order=1))
-        tile = np.concatenate([image, np.full((image.shape[0], 2, 3), 255, np.uint8), heat,
-                               np.full((image.shape[0], 2, 3), 255, np.uint8), boxed], axis=1)
-        tiles.append(np.kron(tile, np.ones((scale, scale, 1), np.uint8)))
-    if not tiles:
-        return np.zeros((1, 1, 3), np.uint8)
-    h, w = tiles[0].shape[:2]
-    rows = -(-len(tiles) // columns)
-    grid = np.full((rows * (h + 4), min(columns, len(tiles)) * (w + 4), 3), 255, np.uint8)
-    for i, tile in enumerate(tiles):
-        r, c = divmod(i, columns)
-        grid[r * (h + 4):r * (h + 4) + h, c * (w + 4):c * (w + 4) + w] = tile
-    return grid
+def overlay(image: np.ndarray, saliency: np.ndarray, weight: float = 0.6) -> np.ndarray:
+    """The colourised map over a grey copy of the image (uint8 RGB, the image's size)."""
+    heat = colourise(transform.resize(np.asarray(saliency, np.float32), image.shape[:2], order=1)).astype(np.float32)
+    grey = np.repeat(image.astype(np.float32).mean(axis=-1, keepdims=True), 3, axis=-1)
+    return (weight * heat + (1 - weight) * grey).astype(np.uint8)
 
 
-def markdown_table(summary: dict, strategies) -> str:
-    """Localisation error (evaluation split) per method and strategy, alphas tuned on the tuning split."""
+def figure_grid(images, columns: list[tuple[str, np.ndarray, list]], gt_boxes, scale: int = 1) -> np.ndarray:
+    """Figure 4 of the paper: one row per image, the image then one column per method (its map over the image,
+    true boxes green, the method's box red); ``columns`` = [(title, maps, predicted boxes)]."""
+    rows = []
+    for i, image in enumerate(images):
+        tiles = [image] + [overlay(image, maps[i]) for _, maps, _ in columns]
+        for j, tile in enumerate(tiles):
+            for b in gt_boxes[i]:
+                draw_box(tile, b, GT_COLOUR)
+            if j:
+                draw_box(tile, columns[j - 1][2][i], PRED_COLOUR)
+        rows.append(tiles)
+    return grid(rows, ["image"] + [title for title, _, _ in columns], scale)
+
+
+def grid(rows: list[list[np.ndarray]], columns, scale: int) -> np.ndarray:
+    """Rows of equal tiles 2 px apart, upscaled by ``scale`` (np.kron), 4 px between rows,
+    under a white strip naming the ``columns``."""
+    strips = []
+    for tiles in rows:
+        gap = np.full((tiles[0].shape[0], 2, 3), 255, np.uint8)
+        strip = np.concatenate([x for tile in tiles for x in (tile, gap)][:-1], axis=1)
+        strips.append(np.kron(strip, np.ones((scale, scale, 1), np.uint8)))
+    h, w = strips[0].shape[:2]
+    canvas_array = np.full((GRID_HEADER + len(strips) * (h + 4), w + 4, 3), 255, np.uint8)
+    for i, strip in enumerate(strips):
+        canvas_array[GRID_HEADER + i * (h + 4):GRID_HEADER + i * (h + 4) + h, :w] = strip
+    canvas = Image.fromarray(canvas_array)
+    draw = ImageDraw.Draw(canvas)
+    step = (rows[0][0].shape[1] + 2) * scale
+    for c, name in enumerate(columns):
+        draw.text((c * step + 2, 2), name, fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def _settings(config, method: str) -> str:
+    """The options of ``method`` that differ from its module's defaults (the reference's), e.g. fewer masks."""
+    if method == "perceptual_ball":
+        return f"{config.perturb.max_steps} L-BFGS steps, ReLUs {min(config.perturb.relu_layers)}-" \
+               f"{max(config.perturb.relu_layers)}"
+    defaults = {k: o.default for k, o in methods.get(method).options.items()}
+    changed = [f"{k}={v}" for k, v in config.method[method].items() if k in defaults and
+               (tuple(v) if isinstance(v, (list, tuple)) else v) != defaults[k]]
+    return ", ".join(changed) or "defaults"
+
+
+def markdown_table(summary: dict, config) -> str:
+    """Localisation error (evaluation split) per method and strategy, alphas tuned on the tuning split (or at the
+    given alphas without one), MaxBoxAcc, seconds per image and each method's settings."""
+    strategies = tuple(config.protocol.strategies)
     errors = summary.get("localisation_error")
     if not errors:
-        return "No image of both splits has ground-truth boxes: nothing was scored.\n"
+        return "No evaluation image has ground-truth boxes: nothing was scored.\n"
     n = summary["num_images"]
-    head = (f"Localisation error (IoU < 0.5) on {n['eval_scored']} evaluation images; each threshold chosen on "
-            f"{n['tune_scored']} tuning images.\n\n")
-    cols = list(strategies) + ["best on tuning", "MaxBoxAcc (IoU .3/.5/.7 mean)"]
+    if summary["tuned"]:
+        head = (f"Localisation error (IoU < 0.5) on {n['eval_scored']} evaluation images; each threshold chosen on "
+                f"{n['tune_scored']} tuning images.\n\n")
+    else:
+        head = (f"Localisation error (IoU < 0.5) on the {n['eval_scored']} evaluation images with boxes, each "
+                "strategy at its given alpha (config.protocol.given_alphas): no tuning images.\n\n")
+    cols = list(strategies) + ["best on tuning", "MaxBoxAcc (IoU .3/.5/.7 mean)", "s / image", "settings"]
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for method in (summary["method"], "input_gradient"):
-        r = errors[method]
+    for method in config.methods:
+        label = scoring.method_label(config, method)
+        r = errors[label]
         cells = [f"{r[s]['eval_error']:.3f} (α={r[s]['alpha']:g})" for s in strategies]
-        cells.append(f"{r['best']['eval_error']:.3f} ({r['best']['strategy']})")
-        cells.append(f"{summary['max_box_acc'][method]['mean']:.3f}")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    c = errors["centred_box"]
-    lines.append("| centred box | " + " | ".join([""] * len(strategies))
-                 + f" | {c['eval_error']:.3f} (side {c['fraction']:g}) | |")
-    lines.append("| whole image | " + " | ".join([""] * len(strategies))
-                 + f" | {errors['whole_image']['eval_error']:.3f} | |")
+        cells.append(f"{r['best']['eval_error']:.3f} ({r['best']['strategy']})" if "best" in r else "-")
+        cells.append(f"{summary['max_box_acc'][label]['mean']:.3f}")
+        seconds = summary["seconds_per_image"].get(label)
+        cells.append("-" if seconds is None else f"{seconds:.3g}")
+        cells.append(_settings(config, method))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    blank = " | ".join([""] * len(strategies))
+    if "centred_box" in errors:
+        c = errors["centred_box"]
+        lines.append(f"| centred box | {blank} | {c['eval_error']:.3f} (side {c['fraction']:g}) | | | |")
+    lines.append(f"| whole image | {blank} | {errors['whole_image']['eval_error']:.3f} | | | |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -94,19 +137,25 @@ def write_results(directory: str, summary: dict, per_image: list[dict]) -> None:
 
 
 def write_all(workdir: str, config, summary: dict, per_image: list[dict], evaluation: dict) -> None:
+    """results.json, results.csv, table.md and figure.png (the first ``num_figures`` evaluation images, a column
+    per method, each box at the method's best strategy on the tuning images)."""
     write_results(workdir, summary, per_image)
     with open(os.path.join(workdir, "table.md"), "w") as f:
-        f.write(markdown_table(summary, config.protocol.strategies))
+        f.write(markdown_table(summary, config))
     figure_path = os.path.join(workdir, "figure.png")
     if os.path.exists(figure_path):
         os.remove(figure_path)  # a resumed run with num_figures = 0 must not leave an old figure behind
-    if config.num_figures and "images" in evaluation:
-        images = evaluation["images"][: config.num_figures]
-        strategy = summary.get("localisation_error", {}).get(scoring.method_name(config), {}).get(
-            "best", {}).get("strategy", config.protocol.strategies[0])
-        rows = [r for r in per_image if r["split"] == "eval"][: len(images)]
-        preds = [[int(v) for v in r[f"{strategy}_box"].split()] for r in rows]
-        scale = max(1, 192 // images.shape[1])
-        skio.imsave(figure_path,
-                    figure(images, evaluation["saliency"][: len(images)], evaluation["boxes"][: len(images)], preds,
-                           scale), check_contrast=False)
+    if not (config.num_figures and "images" in evaluation):
+        return
+    images = evaluation["images"][: config.num_figures]
+    columns = []
+    for method in config.methods:
+        label = scoring.method_label(config, method)
+        best = summary.get("localisation_error", {}).get(label, {}).get("best", {})
+        strategy = best.get("strategy", config.protocol.strategies[0])
+        rows = [r for r in per_image if r["split"] == "eval" and r["method"] == label][: len(images)]
+        boxes = [[int(v) for v in r[f"{strategy}_box"].split()] for r in rows]
+        columns.append((label, evaluation[f"{method}/saliency"][: len(images)], boxes))
+    scale = max(1, 128 // images.shape[1])
+    skio.imsave(figure_path, figure_grid(images, columns, evaluation["boxes"][: len(images)], scale),
+                check_contrast=False)

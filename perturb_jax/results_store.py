@@ -8,8 +8,9 @@ import numpy as np
 MAX_BOXES_FILL = -1
 
 
-def batch_path(workdir: str, split_name: str, index: int) -> str:
-    return os.path.join(workdir, "maps", f"{split_name}_{index:05d}.npz")
+def batch_path(workdir: str, split_name: str, index: int, method: str = "") -> str:
+    """A batch's file: the images' records (``method`` empty) or one method's outputs for those images."""
+    return os.path.join(workdir, "maps", method, f"{split_name}_{index:05d}.npz")
 
 
 def pad_boxes(boxes: list[np.ndarray]) -> np.ndarray:
@@ -33,9 +34,18 @@ def write_batch(path: str, arrays: dict) -> None:
     os.replace(tmp, path)
 
 
-def read_split(workdir: str, split_name: str) -> dict[str, np.ndarray | list]:
-    """Concatenates every batch file of a split in order; boxes come back as lists of (n, 4) arrays."""
-    paths = sorted(glob.glob(os.path.join(workdir, "maps", f"{split_name}_[0-9]*.npz")))
+def read_split(workdir: str, split_name: str, methods=()) -> dict[str, np.ndarray | list]:
+    """Concatenates every batch file of a split in order, the records and each method's outputs (keys
+    ``method/key``), row for row; boxes come back as lists of (n, 4) arrays."""
+    out = _read_batches(os.path.join(workdir, "maps"), split_name)
+    for method in methods:
+        out.update({f"{method}/{k}": v for k, v in _read_batches(os.path.join(workdir, "maps", method),
+                                                                 split_name).items()})
+    return out
+
+
+def _read_batches(directory: str, split_name: str) -> dict:
+    paths = sorted(glob.glob(os.path.join(directory, f"{split_name}_[0-9]*.npz")))
     parts = [dict(np.load(p, allow_pickle=False)) for p in paths]
     if not parts:
         return {}

@@ -1,5 +1,7 @@
-"""Scores stored maps with the weak-localisation protocol of ``eval.protocol`` (tuned on one split, reported on the
-other) and gathers the per-image results."""
+"""Scores stored maps with the weak-localisation protocol of ``eval.protocol``: every method of ``config.methods``
+tuned on one split and reported on the other, the priors (centred box, whole image), MaxBoxAcc, seconds per image,
+and the per-image rows. Without tuning images, each strategy is reported at its given alpha
+(``config.protocol.given_alphas``)."""
 
 import ml_collections
 import numpy as np
@@ -8,8 +10,11 @@ from eval import boxes as box_ops
 from eval import protocol
 
 
-def method_name(config: ml_collections.ConfigDict) -> str:
-    return "perceptual_ball_" + ("guided" if config.saliency.guided else "unguided")
+def method_label(config: ml_collections.ConfigDict, method: str) -> str:
+    """The method's name in the table (the perceptual ball says which variant)."""
+    if method == "perceptual_ball":
+        return "perceptual_ball_" + ("guided" if config.saliency.guided else "unguided")
+    return method
 
 
 def _frame(split: dict, key: str, config) -> tuple[list, list, list]:
@@ -25,21 +30,34 @@ def _scored(split: dict) -> np.ndarray:
     return np.array([len(b) > 0 for b in split.get("boxes", [])], bool)
 
 
-def _sweep(split, key, config, alphas):
-    maps, gt, _ = _frame(split, key, config)
+def _kept(items, keep):
+    return [x for x, k in zip(items, keep) if k]
+
+
+def _sweep(split, method, config, alphas):
+    maps, gt, _ = _frame(split, f"{method}/saliency", config)
     keep = _scored(split)
-    success = protocol.sweep([m for m, k in zip(maps, keep) if k], [b for b, k in zip(gt, keep) if k],
-                             tuple(config.protocol.strategies), config.protocol.largest_component, alphas)
-    failed = split["failed"][keep]
-    return {s: v & ~failed[:, None] for s, v in success.items()}  # a failed optimisation is a localisation failure.
+    success = protocol.sweep(_kept(maps, keep), _kept(gt, keep), tuple(config.protocol.strategies),
+                             config.protocol.largest_component, alphas)
+    failed = split[f"{method}/failed"][keep]
+    return {s: v & ~failed[:, None] for s, v in success.items()}  # a failed map is a localisation failure.
+
+
+def _seconds_per_image(split: dict, method: str) -> tuple[float, int]:
+    seconds = split.get(f"{method}/batch_seconds", np.zeros(0))
+    images = split.get(f"{method}/batch_images", np.zeros(0))
+    return float(np.sum(seconds)), int(np.sum(images))
 
 
 def score(config: ml_collections.ConfigDict, tune: dict, evaluation: dict) -> tuple[dict, list[dict]]:
-    """Returns the summary (errors per method and strategy, baselines, MaxBoxAcc, counts) and per-image rows."""
-    alphas = {s: np.asarray(config.protocol[f"{s}_alphas"], float) for s in config.protocol.strategies}
-    name = method_name(config)
+    """Returns the summary (errors per method and strategy, priors, MaxBoxAcc, seconds per image, counts) and the
+    per-image rows (one per split, method and image)."""
+    strategies = tuple(config.protocol.strategies)
+    alphas = {s: np.asarray(config.protocol[f"{s}_alphas"], float) for s in strategies}
+    labels = {m: method_label(config, m) for m in config.methods}
     splits = {"tune": tune, "eval": evaluation}
-    summary = {"method": name, "num_images": {}, "failed_images": [], "skipped_images": []}
+    summary = {"methods": list(labels.values()), "num_images": {}, "failed_images": {},
+               "skipped_images": [], "seconds_per_image": {}}
     for split_name, split in splits.items():
         ids = split.get("image_id", np.zeros(0, str))
         summary["num_images"][split_name] = len(ids)
@@ -48,57 +66,84 @@ def score(config: ml_collections.ConfigDict, tune: dict, evaluation: dict) -> tu
                                       zip(split.get("skipped_id", []), split.get("skipped_reason", []))]
         if not len(ids):
             continue
-        summary["failed_images"] += [str(i) for i in ids[split["failed"]]]
+        for m, label in labels.items():
+            summary["failed_images"].setdefault(label, []).extend(str(i) for i in ids[split[f"{m}/failed"]])
         labelled = split["label"] >= 0
         summary.setdefault("classifier_accuracy", {})[split_name] = (
             float((split["predicted"][labelled] == split["label"][labelled]).mean()) if labelled.any() else None)
-        summary.setdefault("adversarial_success", {})[split_name] = float((split["margin_adv"] <= 0).mean())
-        summary.setdefault("mean_steps", {})[split_name] = float(split["steps"].mean())
+    for m, label in labels.items():
+        totals = [_seconds_per_image(split, m) for split in splits.values()]
+        seconds, images = sum(t[0] for t in totals), sum(t[1] for t in totals)
+        summary["seconds_per_image"][label] = seconds / images if images else None
+    if "perceptual_ball" in labels and len(evaluation.get("image_id", [])):
+        summary["perceptual_ball"] = {
+            f"{k}_{split_name}": float(np.mean(v)) for split_name, split in splits.items()
+            if len(split.get("image_id", [])) for k, v in
+            (("adversarial_success", split["perceptual_ball/margin_adv"] <= 0),
+             ("mean_steps", split["perceptual_ball/steps"]))}
 
-    chosen = {}
-    if summary["num_images"]["tune_scored"] and summary["num_images"]["eval_scored"]:
-        errors, max_box = {}, {}
-        for key, label in (("saliency", name), ("gradient", "input_gradient")):
-            errors[label] = protocol.tune_and_evaluate(_sweep(tune, key, config, alphas),
-                                                       _sweep(evaluation, key, config, alphas), alphas)
-            maps, gt, _ = _frame(evaluation, key, config)
-            keep = _scored(evaluation)
-            max_box[label] = protocol.max_box_acc([m for m, k in zip(maps, keep) if k],
-                                                  [b for b, k in zip(gt, keep) if k],
-                                                  interval=config.protocol.max_box_acc_interval)
-        tune_frame, eval_frame = _frame(tune, "saliency", config), _frame(evaluation, "saliency", config)
-        keep_t, keep_e = _scored(tune), _scored(evaluation)
-        errors["centred_box"] = protocol.centred_box_baseline(
-            [b for b, k in zip(tune_frame[1], keep_t) if k], [s for s, k in zip(tune_frame[2], keep_t) if k],
-            [b for b, k in zip(eval_frame[1], keep_e) if k], [s for s, k in zip(eval_frame[2], keep_e) if k])
-        errors["whole_image"] = {"eval_error": protocol.whole_image_error(
-            [b for b, k in zip(eval_frame[1], keep_e) if k], [s for s, k in zip(eval_frame[2], keep_e) if k])}
+    tuned = summary["num_images"]["tune_scored"] > 0
+    errors, chosen = {}, {}
+    if summary["num_images"]["eval_scored"]:
+        keep_e = _scored(evaluation)
+        eval_frame = _frame(evaluation, f"{config.methods[0]}/saliency", config)
+        for m, label in labels.items():
+            if tuned:
+                errors[label] = protocol.tune_and_evaluate(_sweep(tune, m, config, alphas),
+                                                           _sweep(evaluation, m, config, alphas), alphas)
+            else:
+                given = {s: np.asarray([config.protocol.given_alphas[s]], float) for s in strategies}
+                success = _sweep(evaluation, m, config, given)
+                errors[label] = {s: {"alpha": float(given[s][0]), "eval_error": float(1 - success[s][:, 0].mean())}
+                                 for s in strategies}
+            maps, gt, _ = _frame(evaluation, f"{m}/saliency", config)
+            summary.setdefault("max_box_acc", {})[label] = {
+                str(k): v for k, v in protocol.max_box_acc(_kept(maps, keep_e), _kept(gt, keep_e),
+                                                           interval=config.protocol.max_box_acc_interval).items()}
+            chosen[label] = {s: errors[label][s]["alpha"] for s in strategies}
+        if tuned:
+            keep_t = _scored(tune)
+            tune_frame = _frame(tune, f"{config.methods[0]}/saliency", config)
+            errors["centred_box"] = protocol.centred_box_baseline(
+                _kept(tune_frame[1], keep_t), _kept(tune_frame[2], keep_t), _kept(eval_frame[1], keep_e),
+                _kept(eval_frame[2], keep_e))
+        errors["whole_image"] = {"eval_error": protocol.whole_image_error(_kept(eval_frame[1], keep_e),
+                                                                          _kept(eval_frame[2], keep_e))}
         summary["localisation_error"] = errors
-        summary["max_box_acc"] = {m: {str(k): v for k, v in r.items()} for m, r in max_box.items()}
-        chosen = {s: errors[name][s]["alpha"] for s in config.protocol.strategies}
-    else:
-        # Without boxes on both splits no threshold can be tuned: boxes use the middle of each sweep.
-        chosen = {s: float(alphas[s][len(alphas[s]) // 2]) for s in config.protocol.strategies}
+        summary["tuned"] = tuned
+    for label in labels.values():  # without boxes to score, boxes are drawn at the given alphas
+        chosen.setdefault(label, {s: float(config.protocol.given_alphas[s]) for s in strategies})
     summary["chosen_alpha"] = chosen
-    return summary, _per_image_rows(config, splits, chosen)
+    return summary, _per_image_rows(config, splits, labels, chosen)
 
 
-def _per_image_rows(config, splits: dict, chosen: dict) -> list[dict]:
+def _per_image_rows(config, splits: dict, labels: dict, chosen: dict) -> list[dict]:
     rows = []
     for split_name, split in splits.items():
         if not len(split.get("image_id", [])):
             continue
-        maps, gt, _ = _frame(split, "saliency", config)
-        per = protocol.per_image_results(maps, gt, chosen, config.protocol.largest_component)
-        for i, image_id in enumerate(split["image_id"]):
-            row = {"split": split_name, "image_id": str(image_id), "label": int(split["label"][i]),
-                   "predicted": int(split["predicted"][i]), "target": int(split["target"][i]),
-                   "failed": bool(split["failed"][i]), "steps": int(split["steps"][i]),
-                   "margin": float(split["margin"][i]), "margin_adv": float(split["margin_adv"][i]),
-                   "loss": float(split["loss"][i]), "num_gt_boxes": len(gt[i])}
-            for s, r in per.items():
-                row[f"{s}_box"] = " ".join(str(int(v)) for v in r["box"][i])
-                row[f"{s}_iou"] = None if np.isnan(r["iou"][i]) else round(float(r["iou"][i]), 4)
-                row[f"{s}_correct"] = bool(r["correct"][i]) and not row["failed"]
-            rows.append(row)
+        for m, label in labels.items():
+            maps, gt, _ = _frame(split, f"{m}/saliency", config)
+            per = protocol.per_image_results(maps, gt, chosen[label], config.protocol.largest_component)
+            extras = [k.split("/", 1)[1] for k in split if k.startswith(f"{m}/")]
+            extras = [k for k in extras if k not in ("saliency", "failed") and not k.startswith("batch_")]
+            for i, image_id in enumerate(split["image_id"]):
+                row = {"split": split_name, "method": label, "image_id": str(image_id),
+                       "label": int(split["label"][i]), "predicted": int(split["predicted"][i]),
+                       "target": int(split["target"][i]), "failed": bool(split[f"{m}/failed"][i]),
+                       "num_gt_boxes": len(gt[i])}
+                row.update({k: _scalar(split[f"{m}/{k}"][i]) for k in extras})
+                for s, r in per.items():
+                    row[f"{s}_box"] = " ".join(str(int(v)) for v in r["box"][i])
+                    row[f"{s}_iou"] = None if np.isnan(r["iou"][i]) else round(float(r["iou"][i]), 4)
+                    row[f"{s}_correct"] = bool(r["correct"][i]) and not row["failed"]
+                rows.append(row)
     return rows
+
+
+def _scalar(value):
+    """A per-image diagnostic as a JSON value (a vector, e.g. extremal perturbation's areas, as a list)."""
+    value = np.asarray(value)
+    if value.ndim:
+        return [round(float(v), 6) for v in value.ravel()]
+    return bool(value) if value.dtype == bool else int(value) if value.dtype.kind in "iu" else float(value)

@@ -75,6 +75,23 @@ def check_fingerprint(config: ml_collections.ConfigDict, workdir: str, ignore=()
         _write_atomically(path, json.dumps(fields, indent=2, sort_keys=True))
 
 
+def check_options(directory: str, field: str, options: dict, write: bool = True) -> None:
+    """A method's options in ``directory/options.json``: its stored maps were made with them, a resumed run must
+    use the same (``field`` names the config group in the error)."""
+    path = os.path.join(directory, "options.json")
+    current = json.loads(json.dumps(options))
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if stored != current:
+            diff = ", ".join(f"{field}.{k}" for k in sorted(_diff_keys(stored, current)))
+            raise ConfigError(f"--workdir {os.path.dirname(os.path.dirname(directory))} holds maps of another "
+                              f"setting ({diff}); use a new --workdir, the same setting, or delete {directory}")
+    elif write:
+        os.makedirs(directory, exist_ok=True)
+        _write_atomically(path, json.dumps(current, indent=2, sort_keys=True))
+
+
 def _write_atomically(path: str, text: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:

@@ -94,3 +94,65 @@ def test_batch_that_does_not_divide_over_devices_fails_before_compiling():
 def test_unknown_variant():
     with pytest.raises(config_lib.ConfigError, match="variant 'imagenett' is unknown"):
         config_lib.get_config("imagenett")
+
+
+def _set(c, field, value):
+    *path, leaf = field.split(".")
+    for part in path:
+        c = c[part]
+    c[leaf] = value
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("methods", ("gradient", "lime"), r"config.methods: \('gradient', 'lime'\) must name each method once, from "
+                                      r"perceptual_ball, gradient, .*, occlusion"),
+    ("methods", ("gradient", "gradient"), "config.methods: .* must name each method once"),
+    ("methods", (), "config.methods: .* must name each method once"),
+    ("chunk_size", 0, r"config.chunk_size: must be an integer >= 1 \(network evaluations per pass\), got 0"),
+    ("chunk_size", -5, "config.chunk_size: must be an integer >= 1"),
+    ("method.grad_cam.layer", "features.99", "config.method.grad_cam.layer: 'features.99' is not a layer of "
+                                             "VGG19_bn; accepted: features.0 to features.52"),
+    ("method.grad_cam.upsample", "bicubic", r"config.method.grad_cam.upsample: must be one of \('bilinear', "
+                                            r"'nearest'\), got 'bicubic'"),
+    ("method.integrated_gradients.steps", 0, "config.method.integrated_gradients.steps: must be >= 1, got 0"),
+    ("target", "largest", "config.target: must be one of"),
+    ("protocol.given_alphas.value", 1.5, r"config.protocol.given_alphas.value: must be in \[0, 1\]"),
+])
+def test_bad_method_settings_fail_in_one_line(field, value, message):
+    c = config_lib.get_config()
+    with c.unlocked():
+        _set(c, field, value)
+    with pytest.raises(config_lib.ConfigError, match=message) as e:
+        config_lib.validate(c)
+    assert "\n" not in str(e.value)
+
+
+def test_a_method_option_of_the_wrong_type_fails_in_one_line():
+    """The command line refuses it by the field's type; a config edited in code, by ``validate``."""
+    with pytest.raises(ValueError, match=r"--config.method.integrated_gradients.steps=2.5: invalid literal for int"):
+        _parse([f"--config={ROOT}/configs/table1.py", "--config.method.integrated_gradients.steps=2.5"])
+    c = config_lib.get_config()
+    c.method.smoothgrad = ml_collections.ConfigDict({"samples": 50, "noise_level": "high"})
+    with pytest.raises(config_lib.ConfigError, match=r"config.method.smoothgrad.noise_level: must be of type float "
+                                                     r"\(like the default 0.15\), got 'high'"):
+        config_lib.validate(c)
+
+
+def test_every_method_is_in_table1_with_the_reference_defaults():
+    c = _parse([f"--config={ROOT}/configs/table1.py:imagenet", "--config.methods=gradient,rise",
+                "--config.method.rise.num_masks=4000"])
+    assert config_lib.method_names(c.methods) == ("gradient", "rise") and c.method.rise.num_masks == 4000
+    assert config_lib.method_names(["(gradient, rise)"]) == config_lib.method_names(("gradient", "rise"))
+    from perturb_jax import methods
+    table1 = runpy.run_path(f"{ROOT}/configs/table1.py")["get_config"]("imagenet")
+    assert tuple(table1.methods) == methods.NAMES
+    assert (table1.method.integrated_gradients.steps, table1.method.rise.num_masks, table1.method.rise.num_cells,
+            table1.method.rise.p) == (50, 8000, 7, 0.5)
+    assert (tuple(table1.method.extremal_perturbation.areas), table1.method.extremal_perturbation.iterations) == (
+        (0.025, 0.05, 0.1, 0.2), 800)
+    assert (table1.method.deepfool.overshoot, table1.method.deepfool.steps, table1.method.deepfool.candidates) == (
+        0.02, 50, 10)
+    for variant in ("", "imagenet", "cub", "tiny"):
+        c = runpy.run_path(f"{ROOT}/configs/table1.py")["get_config"](variant)
+        if variant in ("", "tiny"):
+            config_lib.validate(c)

@@ -45,20 +45,24 @@ def test_command_writes_table_and_json(tmp_path):
         assert row["images"] == 5 and summary["num_images"]["tune"] == 2 and summary["num_images"]["eval"] == 3
         assert 1 <= row["mean_steps"] <= row["max_steps_taken"] <= limit
         assert 0 < row["explain_s"] <= row["whole_s"] and row["images_per_s"] > 0
-        errors = summary["localisation_error"][summary["method"]]
+        errors = summary["localisation_error"][summary["methods"][0]]
         for strategy in ("value", "mean", "energy", "best"):
             assert 0 <= errors[strategy]["eval_error"] <= 1
-        assert not summary["failed_images"]
+        assert summary["failed_images"] == {"perceptual_ball_guided": [], "gradient": []}
         assert (work / os.path.basename(row["workdir"]) / "table.md").stat().st_size > 0
     assert sorted(os.listdir(work)) == ["jax", "torch"]
-    assert sorted(os.listdir(work / "torch" / "maps")) == ["eval_00000.npz", "tune_00000.npz"]
+    assert sorted(os.listdir(work / "torch" / "maps")) == ["eval_00000.npz", "gradient", "perceptual_ball",
+                                                           "tune_00000.npz"]
     # Same images, same classifier, same steps (one iteration each): the same batch files, the same maps.
     for split in ("tune", "eval"):
-        ours, authors = (results_store.read_split(str(work / name), split) for name in ("jax", "torch"))
+        ours, authors = (results_store.read_split(str(work / name), split, ["perceptual_ball", "gradient"])
+                         for name in ("jax", "torch"))
         assert sorted(ours) == sorted(authors)
-        for key in ("image_id", "label", "predicted", "target", "steps", "failed"):
+        for key in ("image_id", "label", "predicted", "target", "perceptual_ball/steps", "perceptual_ball/failed",
+                    "gradient/failed"):
             np.testing.assert_array_equal(ours[key], authors[key], err_msg=key)
-        for key in ("saliency", "gradient", "margin", "margin_adv", "loss"):
+        for key in ("perceptual_ball/saliency", "gradient/saliency", "perceptual_ball/margin",
+                    "perceptual_ball/margin_adv", "perceptual_ball/loss"):
             assert ours[key].dtype == authors[key].dtype, key
             np.testing.assert_allclose(authors[key], ours[key], rtol=1e-3, atol=1e-4 * np.abs(ours[key]).max(),
                                        err_msg=key)

@@ -14,6 +14,8 @@ import runpy
 import tarfile
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from ilsvrc_fixtures import add, encode_pixels, stem, voc
@@ -22,12 +24,13 @@ from PIL import Image
 
 from eval import boxes as box_ops
 from eval.datasets import ilsvrc
-from perturb_jax import checkpoint, convert_weights, explain, perturb
+from perturb_jax import checkpoint, convert_weights, explain, methods
 from perturb_jax.models.vgg import RELU_TO_TORCH_INDEX, VGG19_CFG
 
 GUIDED = Path(__file__).resolve().parents[1] / "configs" / "guided.py"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 WIDTH_DIVISOR = 16
+METHODS = ("perceptual_ball", "gradient")  # the guided config's
 STRATEGIES = ("value", "mean", "energy")  # the config's order, which breaks ties between strategies
 
 # TFDS's validation_labels.txt: the synset of each file, in file-name order; labels are indices in labels.txt.
@@ -180,8 +183,12 @@ def imagenet_config(tree, checkpoint_dir):
 
 
 def stored(workdir, split) -> dict:
-    """The batch files of a split read with numpy alone, concatenated in file order (boxes: a list per image)."""
+    """The batch files of a split read with numpy alone, concatenated in file order (boxes: a list per image); each
+    method's files under ``method/key``."""
     parts = [dict(np.load(p)) for p in sorted((Path(workdir) / "maps").glob(f"{split}_*.npz"))]
+    for method in METHODS:
+        parts += [{f"{method}/{k}": v for k, v in np.load(p).items()}
+                  for p in sorted((Path(workdir) / "maps" / method).glob(f"{split}_*.npz"))]
     boxes = ("boxes", "boxes_original")  # padded with -1 rows to the most boxes of a batch
     out = {k: np.concatenate([p[k] for p in parts if k in p])
            for k in dict.fromkeys(k for p in parts for k in p) if k not in boxes}
@@ -203,13 +210,14 @@ def localised(maps, ids, failed, strategy, alphas) -> np.ndarray:
                      for m, k, f in zip(maps, ids, failed)])
 
 
-def hand_tuning(tune, evaluation, key, alphas) -> dict:
+def hand_tuning(tune, evaluation, method, alphas) -> dict:
     """Per strategy: the first alpha of best tuning accuracy, that accuracy, and the evaluation error there."""
     out = {}
+    key, failed = f"{method}/saliency", f"{method}/failed"
     for s in STRATEGIES:
-        accuracy = localised(tune[key], TUNE, tune["failed"], s, alphas[s]).mean(axis=0)
+        accuracy = localised(tune[key], TUNE, tune[failed], s, alphas[s]).mean(axis=0)
         index = int(np.argmax(accuracy))  # the first of the best
-        eval_hits = localised(evaluation[key], EVAL, evaluation["failed"], s, alphas[s])[:, index]
+        eval_hits = localised(evaluation[key], EVAL, evaluation[failed], s, alphas[s])[:, index]
         out[s] = {"alpha": alphas[s][index], "tune_accuracy": accuracy[index], "eval_error": 1 - eval_hits.mean()}
     return out
 
@@ -217,16 +225,17 @@ def hand_tuning(tune, evaluation, key, alphas) -> dict:
 def run_and_check(config, workdir) -> dict:
     """Runs the job once and checks every stored and reported number; returns results.json."""
     explain.explain_and_evaluate(config, str(workdir))
-    assert sorted(os.listdir(workdir / "maps")) == ["eval_00000.npz", "eval_00001.npz", "eval_00002.npz",
-                                                    "tune_00000.npz", "tune_00001.npz"]
+    batches = ["eval_00000.npz", "eval_00001.npz", "eval_00002.npz", "tune_00000.npz", "tune_00001.npz"]
+    assert sorted(os.listdir(workdir / "maps")) == batches[:3] + sorted(METHODS) + batches[3:]
     tune, evaluation = stored(workdir, "tune"), stored(workdir, "eval")
     # eval batches: [4, 5], [6, 7], then one of only the corrupt file 8.
     assert set(np.load(workdir / "maps" / "eval_00002.npz").files) == {"skipped_id", "skipped_reason"}
     for split, ids in ((tune, TUNE), (evaluation, EVAL)):
         assert split["image_id"].tolist() == [stem(k) + ".JPEG" for k in ids]
         assert split["label"].tolist() == [LABELS[k] for k in ids]
-        assert split["saliency"].shape == (len(ids), 224, 224) and split["gradient"].shape == (len(ids), 224, 224)
-        assert np.all(np.isfinite(split["saliency"])) and split["saliency"].min() >= 0
+        for m in METHODS:
+            assert split[f"{m}/saliency"].shape == (len(ids), 224, 224)
+            assert np.all(np.isfinite(split[f"{m}/saliency"])) and split[f"{m}/saliency"].min() >= 0
         assert split["boxes"] == [[list(b) for b in GT[k]] for k in ids]
         # Original pixels: the XML numbers less one, boxes of the image's class only.
         assert split["boxes_original"] == [[[y0 - 1, x0 - 1, y1 - 1, x1 - 1] for s, x0, y0, x1, y1 in IMAGES[k][2]
@@ -240,21 +249,23 @@ def run_and_check(config, workdir) -> dict:
         results = json.load(f)
     summary, rows = results["summary"], results["per_image"]
     method = "perceptual_ball_guided"
-    assert summary["method"] == method
+    assert summary["methods"] == [method, "gradient"]
     assert summary["num_images"] == {"tune": 3, "tune_scored": 3, "eval": 4, "eval_scored": 4}
     [skipped] = summary["skipped_images"]
     assert skipped["image_id"] == stem(CORRUPT) + ".JPEG"
     assert skipped["reason"].startswith(f"cannot decode {stem(CORRUPT)}.JPEG in {config.data.manual_dir}")
-    assert summary["failed_images"] == []
+    assert summary["failed_images"] == {method: [], "gradient": []}
 
     logits = np.asarray(checkpoint.load_model(config.model.checkpoint)(model_inputs(config))[0])
     predicted = logits.argmax(1)
     ids = TUNE + EVAL
-    assert [(r["split"], r["image_id"]) for r in rows] == [("tune", stem(k) + ".JPEG") for k in TUNE] + [
-        ("eval", stem(k) + ".JPEG") for k in EVAL]
+    assert [(r["split"], r["method"], r["image_id"]) for r in results["per_image"]] == [
+        (split, label, stem(k) + ".JPEG") for split, keys in (("tune", TUNE), ("eval", EVAL))
+        for label in (method, "gradient") for k in keys]
+    rows = [r for r in rows if r["method"] == method]
     assert [r["label"] for r in rows] == [LABELS[k] for k in ids]
     assert [r["predicted"] for r in rows] == predicted.tolist()
-    assert [r["target"] for r in rows] == predicted.tolist()  # config.perturb.target = 'predicted'
+    assert [r["target"] for r in rows] == predicted.tolist()  # config.target = 'predicted'
     runner_up = np.sort(logits, axis=1)[:, -2]
     assert [r["margin"] for r in rows] == pytest.approx(logits.max(1) - runner_up, abs=1e-5)  # C_t - max_j C_j
     assert [r["num_gt_boxes"] for r in rows] == [1, 2, 1, 1, 2, 1, 1]
@@ -263,11 +274,11 @@ def run_and_check(config, workdir) -> dict:
     assert summary["classifier_accuracy"] == pytest.approx({"tune": right[:3].mean(), "eval": right[3:].mean()})
 
     alphas = {s: list(config.protocol[f"{s}_alphas"]) for s in STRATEGIES}
-    maps = list(tune["saliency"]) + list(evaluation["saliency"])
+    maps = list(tune["perceptual_ball/saliency"]) + list(evaluation["perceptual_ball/saliency"])
     ious = []
     for row, k, saliency in zip(rows, ids, maps):
         for s in STRATEGIES:
-            box = box_ops.saliency_boxes(saliency, s, summary["chosen_alpha"][s], largest_component=True)[0]
+            box = box_ops.saliency_boxes(saliency, s, summary["chosen_alpha"][method][s], largest_component=True)[0]
             assert row[f"{s}_box"] == " ".join(str(v) for v in box)
             iou = best_voc_iou(box, k)
             assert row[f"{s}_iou"] == round(iou, 4)
@@ -276,7 +287,7 @@ def run_and_check(config, workdir) -> dict:
     assert min(ious) < 0.5 <= max(ious)  # both outcomes occur: the checks above are not vacuous
 
     errors = summary["localisation_error"]
-    for key, label in (("saliency", method), ("gradient", "input_gradient")):
+    for key, label in (("perceptual_ball", method), ("gradient", "gradient")):
         hand = hand_tuning(tune, evaluation, key, alphas)
         for s in STRATEGIES:
             assert errors[label][s]["alpha"] == hand[s]["alpha"]
@@ -285,19 +296,20 @@ def run_and_check(config, workdir) -> dict:
             assert errors[label][s]["num_tune"] == 3 and errors[label][s]["num_eval"] == 4
         best = max(STRATEGIES, key=lambda s: (hand[s]["tune_accuracy"], -STRATEGIES.index(s)))
         assert errors[label]["best"]["strategy"] == best
-    assert summary["chosen_alpha"] == {s: errors[method][s]["alpha"] for s in STRATEGIES}
+    assert summary["chosen_alpha"][method] == {s: errors[method][s]["alpha"] for s in STRATEGIES}
     for s in STRATEGIES:  # the eval error is the fraction of evaluation rows with IoU < 0.5 at the tuned alpha
         assert errors[method][s]["eval_error"] == pytest.approx(np.mean([not r[f"{s}_correct"] for r in rows[3:]]))
     assert errors["whole_image"]["eval_error"] == WHOLE_IMAGE_ERROR
 
     with open(workdir / "results.csv", newline="") as f:
-        assert list(csv.DictReader(f)) == [{k: "" if v is None else str(v) for k, v in r.items()} for r in rows]
+        pb_rows = [r for r in csv.DictReader(f) if r["method"] == method]
+        assert pb_rows == [{k: "" if v is None else str(v) for k, v in r.items()} for r in rows]
     table = (workdir / "table.md").read_text()
     assert "on 4 evaluation images" in table and "3 tuning images" in table
     assert f"| {method} | {errors[method]['value']['eval_error']:.3f}" in table
     with Image.open(workdir / "figure.png") as figure:
-        # 2 tiles in a row, each [image | 2 px | map | 2 px | boxed image] and a 4 px gap; 224 + 4 high.
-        assert figure.size == (2 * (3 * 224 + 4 + 4), 224 + 4)
+        # A 16 px header, then a row per image (2) of [image | 2 px | map | 2 px | map] and 4 px gaps.
+        assert figure.size == (3 * 224 + 2 * 2 + 4, 16 + 2 * (224 + 4))
     return results
 
 
@@ -305,7 +317,7 @@ def test_imagenet_job(tree, converted, tmp_path):
     checkpoint_dir, torch_model = converted
     config = imagenet_config(tree, checkpoint_dir)
     work = tmp_path / "work"
-    rows = run_and_check(config, work)["per_image"]
+    rows = [r for r in run_and_check(config, work)["per_image"] if r["method"] == "perceptual_ball_guided"]
     if torch_model is not None:
         import torch
 
@@ -334,22 +346,15 @@ def test_imagenet_job(tree, converted, tmp_path):
     assert (work / "results.json").read_bytes() == first
 
 
-def constant_explain_fn(graphdef, settings):
-    """Stands in for ``perturb.make_explain_fn``: constant maps, no optimisation, nothing to compile."""
-    def explain_fn(state, images, labels):
-        n, h, w, _ = images.shape
-        zeros = np.zeros(n, np.float32)
-        return dict(saliency=np.ones((n, h, w), np.float32), gradient=np.ones((n, h, w), np.float32),
-                    predicted=np.zeros(n, np.int32), target=np.zeros(n, np.int32), margin=zeros, margin_adv=zeros,
-                    loss=zeros, steps=np.ones(n, np.int32), failed=np.zeros(n, bool))
-
-    return explain_fn
+def constant_make_fn(name, graphdef, options):
+    """Stands in for ``methods.make_fn``: constant maps, no optimisation, little to compile."""
+    return jax.jit(lambda state, images, targets, key: {"saliency": jnp.ones(images.shape[:3], jnp.float32)})
 
 
 @pytest.mark.parametrize("eval_split, num_figures", [("validation[3:8]", 0), ("validation[7:8]", 2)])
 def test_figure_images_optional(tree, npz_checkpoint, tmp_path, monkeypatch, eval_split, num_figures):
     """No figure asked for, or a first evaluation batch of only unreadable images: the job stores no images."""
-    monkeypatch.setattr(perturb, "make_explain_fn", constant_explain_fn)
+    monkeypatch.setattr(methods, "make_fn", constant_make_fn)
     config = imagenet_config(tree, npz_checkpoint)
     config.data.eval_split, config.num_figures = eval_split, num_figures
     summary = explain.explain_and_evaluate(config, str(tmp_path / "work"))

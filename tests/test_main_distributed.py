@@ -49,8 +49,11 @@ def _finish(procs, timeout=300):
 
 
 def _results(workdir):
+    """results.json without the seconds per image (each run's own)."""
     with open(os.path.join(workdir, "results.json")) as f:
-        return json.load(f)
+        results = json.load(f)
+    assert set(results["summary"].pop("seconds_per_image")) == {"perceptual_ball_guided", "gradient"}
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +72,9 @@ def test_two_processes_give_the_numbers_of_one(one_process):
     # Same per-device programs on the same rows: summary and per-image records (maps' boxes, IoUs, margins, steps)
     # are equal exactly, not within a tolerance.
     assert _results(work) == expected
-    assert sorted(os.listdir(work / "maps")) == ["eval_00000.npz", "eval_00001.npz", "eval_00002.npz",
-                                                 "tune_00000.npz", "tune_00001.npz"]
+    batches = ["eval_00000.npz", "eval_00001.npz", "eval_00002.npz", "tune_00000.npz", "tune_00001.npz"]
+    assert sorted(os.listdir(work / "maps")) == batches[:3] + ["gradient", "perceptual_ball"] + batches[3:]
+    assert sorted(os.listdir(work / "maps" / "perceptual_ball")) == batches[:3] + ["options.json"] + batches[3:]
     assert not [name for name in os.listdir(work) if name.startswith(".")]
 
 
@@ -89,7 +93,7 @@ def test_killed_pair_resumes_to_the_same_numbers(one_process):
         procs[0].send_signal(signal.SIGKILL)
     for p in procs:
         p.communicate()
-    done = [name for name in os.listdir(work / "maps") if not name.startswith(".")]  # not a killed write
+    done = [name for name in os.listdir(work / "maps") if name.endswith(".npz") and not name.startswith(".")]
     assert "tune_00000.npz" in done and len(done) < 5 and not os.path.exists(work / "results.json")
     _finish(_pair(base, work))
     assert _results(work) == expected
@@ -104,7 +108,7 @@ def test_workdir_not_shared_fails_on_both_before_the_work(one_process, tmp_path)
                            "process 0 wrote there; give a directory every process can read (e.g. on a network file "
                            "system)")
     assert outs[0][-1].startswith("error: process 1 of the job stopped (ConfigError: --workdir")
-    assert not os.listdir(tmp_path / "p0" / "maps")
+    assert not list((tmp_path / "p0" / "maps").rglob("*.npz"))
 
 
 @pytest.mark.parametrize("devices,processes,message", [

@@ -12,9 +12,13 @@ def _split(maps, boxes, failed=None, original_size=None, boxes_original=None):
     return {
         "image_id": np.array([f"im{i}" for i in range(n)]), "label": np.zeros(n, np.int32),
         "predicted": np.zeros(n, np.int32), "target": np.zeros(n, np.int32),
-        "failed": np.zeros(n, bool) if failed is None else np.asarray(failed),
-        "steps": np.full(n, 3, np.int32), "margin": np.ones(n), "margin_adv": -np.ones(n), "loss": np.ones(n),
-        "saliency": np.stack(maps), "gradient": np.stack(maps)[:, ::-1],
+        "perceptual_ball/failed": np.zeros(n, bool) if failed is None else np.asarray(failed),
+        "perceptual_ball/steps": np.full(n, 3, np.int32), "perceptual_ball/margin": np.ones(n),
+        "perceptual_ball/margin_adv": -np.ones(n), "perceptual_ball/loss": np.ones(n),
+        "perceptual_ball/saliency": np.stack(maps), "perceptual_ball/batch_seconds": np.array([2.0]),
+        "perceptual_ball/batch_images": np.array([n]), "gradient/saliency": np.stack(maps)[:, ::-1],
+        "gradient/failed": np.zeros(n, bool), "gradient/batch_seconds": np.array([1.0]),
+        "gradient/batch_images": np.array([n]),
         "boxes": [np.asarray(b, np.int32).reshape(-1, 4) for b in boxes],
         "boxes_original": [np.asarray(b, np.int32).reshape(-1, 4) for b in (boxes_original or boxes)],
         "original_size": np.array(original_size or [m.shape for m in maps], np.int32),
@@ -42,13 +46,20 @@ def test_errors_counts_and_failed_images():
     evaluation = _split([_blob(0, 0, 5, 5), _blob(0, 0, 3, 3), _blob(8, 8, 15, 15)],
                         [[0, 0, 5, 5], [10, 10, 15, 15], [8, 8, 15, 15]], failed=[False, False, True])
     summary, rows = scoring.score(_config(), tune, evaluation)
-    method = summary["localisation_error"][summary["method"]]
+    assert summary["methods"] == ["perceptual_ball_guided", "gradient"]
+    method = summary["localisation_error"]["perceptual_ball_guided"]
     assert method["value"]["tune_error"] == 0.0
     assert method["value"]["eval_error"] == pytest.approx(2 / 3)
-    assert summary["failed_images"] == ["im2"]
-    eval_rows = [r for r in rows if r["split"] == "eval"]
+    assert summary["failed_images"] == {"perceptual_ball_guided": ["im2"], "gradient": []}
+    eval_rows = [r for r in rows if r["split"] == "eval" and r["method"] == "perceptual_ball_guided"]
     assert [r["value_correct"] for r in eval_rows] == [True, False, False]
     assert [r["value_iou"] for r in eval_rows] == [1.0, 0.0, 1.0]
+    assert [r["steps"] for r in eval_rows] == [3, 3, 3] and eval_rows[0]["margin_adv"] == -1.0
+    # The gradient's maps are the same blobs upside down: every one misses, none failed.
+    assert summary["localisation_error"]["gradient"]["value"]["eval_error"] == 1.0
+    assert [r["failed"] for r in rows if r["split"] == "eval" and r["method"] == "gradient"] == [False] * 3
+    # Seconds per image over both splits: (2 + 2) / 5 and (1 + 1) / 5.
+    assert summary["seconds_per_image"] == {"perceptual_ball_guided": pytest.approx(0.8), "gradient": 0.4}
     assert summary["localisation_error"]["whole_image"]["eval_error"] == 1.0  # IoUs 36, 36, 64 / 256
 
 
@@ -62,7 +73,25 @@ def test_original_resolution_resizes_maps_and_uses_original_boxes():
     c = _config()
     c.data.eval_resolution = "original"
     original_frame, rows = scoring.score(c, tune, evaluation)
-    assert model_frame["localisation_error"][model_frame["method"]]["value"]["eval_error"] == 0.0
-    assert original_frame["localisation_error"][original_frame["method"]]["value"]["eval_error"] == 0.0
-    box = [int(v) for v in rows[-1]["value_box"].split()]
+    assert model_frame["localisation_error"]["perceptual_ball_guided"]["value"]["eval_error"] == 0.0
+    assert original_frame["localisation_error"]["perceptual_ball_guided"]["value"]["eval_error"] == 0.0
+    box = [int(v) for v in [r for r in rows if r["method"] == "perceptual_ball_guided"][-1]["value_box"].split()]
     assert box[0] == 0 and box[2] == 31 and box[3] < 8  # a box in the 32 x 8 original's pixels
+
+
+def test_without_tuning_images_each_strategy_is_scored_at_its_given_alpha():
+    """A folder of photos, one annotated: no tuning split, the error at the given alphas on the boxed images."""
+    maps = [_blob(0, 0, 5, 5), _blob(0, 0, 3, 3), _blob(8, 8, 15, 15)]
+    evaluation = _split(maps, [[0, 0, 5, 5], [], [0, 0, 7, 7]])
+    c = _config()
+    c.protocol.strategies = ("value", "mean")
+    c.protocol.given_alphas.value = 0.5
+    summary, rows = scoring.score(c, {}, evaluation)
+    errors = summary["localisation_error"]["perceptual_ball_guided"]
+    # Boxed images 0 (exact) and 2 (disjoint); image 1 has no box and is not scored.
+    assert summary["num_images"]["eval_scored"] == 2 and summary["tuned"] is False
+    assert errors["value"] == {"alpha": 0.5, "eval_error": 0.5}
+    assert errors["mean"] == {"alpha": 1.0, "eval_error": 0.5} and "best" not in errors
+    assert "centred_box" not in summary["localisation_error"]
+    ious = [r["value_iou"] for r in rows if r["method"] == "perceptual_ball_guided"]
+    assert ious == [1.0, None, 0.0]
