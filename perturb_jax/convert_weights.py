@@ -175,11 +175,9 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], num_classes: Optional[
 
 def build_model(pure_dict: dict, num_classes: int, width_divisor: int) -> VGG19BN:
     """A ``VGG19BN`` holding the converted parameters and batch-norm statistics."""
-    model = VGG19BN(num_classes, width_divisor, rngs=nnx.Rngs(0))
-    state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
-    nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, pure_dict))
-    nnx.update(model, state)
-    return model
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: VGG19BN(num_classes, width_divisor, rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, pure_dict))  # no random initialisation run
+    return nnx.merge(graphdef, state)
 
 
 def convert_file(path: str, out: str, num_classes: Optional[int] = None, width_divisor: Optional[int] = None):
