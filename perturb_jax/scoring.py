@@ -18,8 +18,10 @@ def method_label(config: ml_collections.ConfigDict, method: str) -> str:
 
 
 def _frame(split: dict, key: str, config) -> tuple[list, list, list]:
-    """Maps, ground-truth boxes and image sizes in the evaluation frame (model input or original resolution)."""
-    maps = list(split[key])
+    """Maps, ground-truth boxes and image sizes in the evaluation frame (model input or original resolution). A
+    map is scored by its positive part: every method's map is non-negative but occlusion's, whose negative pixels
+    are those whose occlusion raised the class score (evidence against, not for, the object)."""
+    maps = [np.maximum(m, 0) for m in split[key]]
     if config.data.eval_resolution == "original":
         sizes = [tuple(int(v) for v in s) for s in split["original_size"]]
         return [box_ops.resize_map(m, s) for m, s in zip(maps, sizes)], split["boxes_original"], sizes

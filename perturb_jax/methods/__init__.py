@@ -45,3 +45,16 @@ def make_fn(name: str, graphdef: nnx.GraphDef, options: dict):
         return method.explain(nnx.merge(graphdef, state), images, targets, key, options)
 
     return jax.jit(fn)
+
+
+def defaults_table() -> str:
+    """The README's table of every method's options: default and source (``tests/test_readme.py`` keeps the
+    README's copy equal to this)."""
+    lines = ["| method | option | default | source |", "|---|---|---|---|"]
+    for name in NAMES:
+        method = get(name)
+        if not method.options:
+            lines.append(f"| `{name}` | - | - | {method.citation} |")
+        for key, option in method.options.items():
+            lines.append(f"| `{name}` | `{key}` | `{option.default}` | {option.source} |")
+    return "\n".join(lines)
