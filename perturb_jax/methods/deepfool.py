@@ -34,7 +34,7 @@ def attack(logits_fn, pixels, targets, steps, overshoot, candidates, chunk_size)
 
     Each iteration steps every image still running (not fooled, fewer than ``steps`` steps), those images gathered
     in passes of ``group`` images x (candidates - 1) VJPs <= ``chunk_size`` network evaluations: the images that
-    are done cost nothing, so one slow image does not make the whole batch iterate."""
+    are done cost nothing, and an image that needs many steps costs one pass per step, not the whole batch."""
     b = pixels.shape[0]
     clean = logits_fn(pixels)
     num_classes = clean.shape[1]
