@@ -38,15 +38,21 @@ class Method:
     citation: str
 
 
-def target_logits(model: VGG19BN, images: jax.Array, targets: jax.Array, **kwargs) -> jax.Array:
-    """C_t(x) per image, (B,)."""
+def target_logits(model: VGG19BN, images: jax.Array, targets: jax.Array, grad_kernels: list | None = None,
+                  **kwargs) -> jax.Array:
+    """C_t(x) per image, (B,); ``grad_kernels``, when given, as ``VGG19BN.__call__``'s."""
+    if grad_kernels is not None:
+        kwargs["grad_kernels"] = grad_kernels
     logits = model(images, **kwargs)[0]
     return jnp.take_along_axis(logits, targets[:, None], axis=1)[:, 0]
 
 
-def input_gradient(model: VGG19BN, images: jax.Array, targets: jax.Array, backward: str = "plain") -> jax.Array:
-    """dC_t/dx per image (images are independent in eval mode, so the gradient of the sum is each image's)."""
-    return jax.grad(lambda x: target_logits(model, x, targets, backward=backward).sum())(images)
+def input_gradient(model: VGG19BN, images: jax.Array, targets: jax.Array, backward: str = "plain",
+                   grad_kernels: list | None = None) -> jax.Array:
+    """dC_t/dx per image (images are independent in eval mode, so the gradient of the sum is each image's).
+    Inside a loop body pass ``grad_kernels=model.input_grad_kernels()`` made outside it: XLA:CPU's fast path for
+    the convolutions' input gradient (``vgg.conv_same``)."""
+    return jax.grad(lambda x: target_logits(model, x, targets, grad_kernels, backward=backward).sum())(images)
 
 
 def layer_gradient(model: VGG19BN, images: jax.Array, targets: jax.Array, layer: str, backward: str = "plain",

@@ -14,10 +14,15 @@ OPTIONS = {
 }
 
 
+def _offsets(size: int, window: int, stride: int) -> range:
+    """Captum's window corners along one axis: ceil((size - window) / stride) + 1 of them, 0, stride, ..., so the
+    last window reaches the far edge (and is cut off there when the stride does not divide size - window)."""
+    return range(0, stride * (-(-max(size - window, 0) // stride)) + 1, stride)
+
+
 def windows(height: int, width: int, window: int, stride: int) -> np.ndarray:
-    """(P, H, W) 0/1 masks of every window position, as Captum places them (0, stride, ... while it fits)."""
-    ys = range(0, max(height - window, 0) + 1, stride)
-    xs = range(0, max(width - window, 0) + 1, stride)
+    """(P, H, W) 0/1 masks of every window position, as Captum places them (``_offsets``)."""
+    ys, xs = _offsets(height, window, stride), _offsets(width, window, stride)
     masks = np.zeros((len(ys) * len(xs), height, width), np.float32)
     for i, (y, x) in enumerate((y, x) for y in ys for x in xs):
         masks[i, y:y + window, x:x + window] = 1

@@ -23,11 +23,13 @@ def noise(key, images, samples: int, noise_level: float) -> jax.Array:
 def mean_abs_gradient(model, images, targets, noises, chunk_size):
     """mean_i |dC_t/dx (x + noises[i])|, (B, H, W, C)."""
     samples = noises.shape[0]
+    kernels = model.input_grad_kernels()  # once, outside chunked_sum's loop (common.input_gradient)
 
     def chunk(eps, valid):
         k = eps.shape[0]
         flat = (images[None] + eps).reshape(-1, *images.shape[1:])
-        grads = jnp.abs(common.input_gradient(model, flat, jnp.tile(targets, k))).reshape(k, *images.shape)
+        grads = common.input_gradient(model, flat, jnp.tile(targets, k), grad_kernels=kernels)
+        grads = jnp.abs(grads).reshape(k, *images.shape)
         return jnp.tensordot(valid, grads, axes=1)
 
     per_pass = common.samples_per_pass(chunk_size, images.shape[0], samples)
