@@ -111,7 +111,7 @@ def test_batch_images_are_attacked_independently_and_frozen_when_done():
         one = deepfool.attack(logits_fn, pixels[i:i + 1], jnp.asarray(targets[i:i + 1]), 50, 0.02, 10, 64)
         np.testing.assert_allclose(one[0][0], adv[i], atol=1e-6)
         assert int(one[1][0]) == int(steps[i]) and bool(one[2][0]) == bool(fooled[i])
-    # passes of 1 and of 3 images (3 VJPs each): the running images are regrouped every step, the last pass padded
+    # passes of 1 and of 3 images (3 VJPs each), the rest one at a time: the running images regrouped every step
     for chunk_size in (3, 9):
         grouped = deepfool.attack(logits_fn, pixels, jnp.asarray(targets), 50, 0.02, 10, chunk_size)
         np.testing.assert_allclose(grouped[0], adv, atol=1e-6)
@@ -142,7 +142,7 @@ def _parity(num_classes, width_divisor, size, batch, margin):
     from tests.torch_fixtures import run_method
 
     torch_model, jax_model = paired_models(num_classes, width_divisor)
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(4)
     pixels = rng.uniform(0.1, 0.9, size=(batch, 3, size, size)).astype(np.float32)
     images = (pixels - np.asarray(MEAN, np.float32)[:, None, None]) / np.asarray(STD, np.float32)[:, None, None]
     targets = _near_tie(torch_model, jax_model, images, margin)
@@ -153,6 +153,7 @@ def _parity(num_classes, width_divisor, size, batch, margin):
     ours = run_method("deepfool", jax_model, images, targets, mean=MEAN, std=STD)
     assert ours["fooled"].all() and (ours["steps"] >= 1).all() and (ours["steps"] <= 5).all()
     assert ref.max() > 0
+    print("max |ours - torchattacks| / max |torchattacks|:", np.abs(ours["saliency"] - ref).max() / ref.max())
     assert np.abs(ours["saliency"] - ref).max() / ref.max() <= 1e-4
     return ours
 

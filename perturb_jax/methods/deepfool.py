@@ -33,8 +33,9 @@ def attack(logits_fn, pixels, targets, steps, overshoot, candidates, chunk_size)
     pixels, (B,) steps taken, (B,) fooled: argmax of the result != target).
 
     Each iteration steps every image still running (not fooled, fewer than ``steps`` steps), those images gathered
-    in passes of ``group`` images x (candidates - 1) VJPs <= ``chunk_size`` network evaluations: the images that
-    are done cost nothing, and an image that needs many steps costs one pass per step, not the whole batch."""
+    in passes of ``group`` images x (candidates - 1) VJPs <= ``chunk_size`` network evaluations, the last fewer
+    than ``group`` one at a time: the images that are done cost nothing, so an image that needs many steps does not
+    make the batch, or a padded pass, iterate with it."""
     b = pixels.shape[0]
     clean = logits_fn(pixels)
     num_classes = clean.shape[1]
@@ -42,14 +43,13 @@ def attack(logits_fn, pixels, targets, steps, overshoot, candidates, chunk_size)
     target_hot = jax.nn.one_hot(targets, num_classes)
     others = jax.lax.top_k(jnp.where(target_hot > 0, -jnp.inf, clean), k - 1)[1]  # (B, k - 1)
     group = common.samples_per_pass(chunk_size, k - 1, b)
-    per_pass = common.samples_per_pass(chunk_size, group, k - 1)
-    padding = jnp.full(-(-b // group) * group - b, b)  # out of range: gathered clipped, scattered dropped
 
-    def step(x, t, other, valid):
-        """One DeepFool step of the images x whose ``valid`` is set: (moved, stepped, fooled)."""
+    def step(x, t, other):
+        """One DeepFool step of running images x: (moved, stepped, fooled)."""
         logits, vjp = jax.vjp(logits_fn, x)
         fooled = jnp.argmax(logits, axis=1) != t
-        update = valid & ~fooled
+        update = ~fooled
+        per_pass = common.samples_per_pass(chunk_size, x.shape[0], k - 1)
         hot = jax.nn.one_hot(t, num_classes)
         cotangents = (jax.nn.one_hot(other, num_classes) - hot[:, None]).transpose(1, 0, 2)  # (k - 1, G, C)
 
@@ -65,29 +65,30 @@ def attack(logits_fn, pixels, targets, steps, overshoot, candidates, chunk_size)
         norm = jnp.take_along_axis(norms, nearest[:, None], axis=1)[:, 0]
         r = (jnp.abs(f) / norm ** 2)[:, None, None, None] * w
         moved = jnp.where(update[:, None, None, None], jnp.clip(x + (1 + overshoot) * r, 0.0, 1.0), x)
-        return moved, update, valid & fooled
+        return moved, update, fooled
 
     def running(taken, done):
         return ~done & (taken < steps)
 
     def iteration(state):
         active = running(*state[1:])
-        order = jnp.concatenate([jnp.argsort(~active, stable=True), padding])  # the running images first
+        order = jnp.argsort(~active, stable=True)  # the running images first
         count = active.sum()
 
-        def one_pass(j, state):
-            adv, taken, done = state
-            index = jax.lax.dynamic_slice_in_dim(order, j * group, group)
-            valid = j * group + jnp.arange(group) < count
+        def one_pass(size):
+            def apply(start, state):
+                adv, taken, done = state
+                index = jax.lax.dynamic_slice_in_dim(order, start, size)
+                moved, stepped, fooled = step(adv[index], targets[index], others[index])
+                return adv.at[index].set(moved), taken.at[index].add(stepped), done.at[index].set(fooled)
 
-            def take(a):
-                return jnp.take(a, index, axis=0, mode="clip")
+            return apply
 
-            moved, stepped, fooled = step(take(adv), take(targets), take(others), valid)
-            return (adv.at[index].set(moved, mode="drop"), taken.at[index].add(stepped, mode="drop"),
-                    done.at[index].set(take(done) | fooled, mode="drop"))
-
-        return jax.lax.fori_loop(0, -(-count // group), one_pass, state)
+        full = count // group
+        state = jax.lax.fori_loop(0, full, lambda j, s: one_pass(group)(j * group, s), state)
+        if group == 1:
+            return state
+        return jax.lax.fori_loop(full * group, count, one_pass(1), state)
 
     init = (pixels, jnp.zeros(b, jnp.int32), jnp.zeros(b, bool))
     adv, taken, _ = jax.lax.while_loop(lambda state: running(*state[1:]).any(), iteration, init)
