@@ -1,0 +1,181 @@
+"""Images per second of every method against its reference library: the same settings, the same images, the same
+CPU, the same run.
+
+  python -m perturb_jax.methods_benchmark --out=/tmp/methods_bench.json
+  python -m perturb_jax.methods_benchmark --methods=rise,occlusion --batch_size=32 --reference_images=8
+
+Ours: the method jitted (compiled ahead; the compile time is reported apart), on ``--batch_size`` images of the
+embedded benchmark's evaluation split, the best of ``--repeats`` calls. Reference: Captum 0.9 (gradient, guided
+backpropagation, Grad-CAM, guided Grad-CAM, Integrated Gradients, SmoothGrad, occlusion), TorchRay 1.0.0.2
+(excitation backprop, extremal perturbation, RISE), torchattacks 3.5.1 (DeepFool), the authors' procedure
+(perceptual ball: one ``torch.optim.LBFGS.step`` per image), on the torch replica holding the same weights, with
+every core, on the first ``--reference_images`` of those images (the per-image libraries would take minutes on the
+whole batch; images per second is per image either way; ours is also timed on just those images). The settings are ``configs/table1.py``'s (``--variant``);
+each row also gives the largest difference between our maps and the reference's on the images both explained,
+relative to the reference's largest value (the parity tests hold these to 1e-4 on random networks; the trained
+network and real images are a second check). Needs torch and the reference libraries (the test install).
+"""
+
+import json
+import os
+import runpy
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+
+import eval.datasets
+from perturb_jax import benchmark, checkpoint, config as config_lib, end_to_end, explain, methods
+from perturb_jax.methods import rise, smoothgrad
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFERENCES = {
+    "perceptual_ball": "authors' code (torch L-BFGS, one image at a time)",
+    "gradient": "Captum Saliency", "guided_backprop": "Captum GuidedBackprop", "grad_cam": "Captum LayerGradCam",
+    "guided_grad_cam": "Captum GuidedGradCam", "integrated_gradients": "Captum IntegratedGradients",
+    "smoothgrad": "Captum NoiseTunnel(Saliency)", "occlusion": "Captum Occlusion",
+    "excitation_backprop": "TorchRay excitation_backprop", "extremal_perturbation": "TorchRay extremal_perturbation",
+    "rise": "TorchRay rise", "deepfool": "torchattacks DeepFool",
+}
+
+
+def reference_maps(name: str, torch_model, images: np.ndarray, targets: np.ndarray, settings: dict, key, config):
+    """The reference library's maps (B, H, W) of ``images`` (normalised NHWC) at ``settings``; the sampling
+    methods get our draws for ``key`` (SmoothGrad's noise, RISE's masks)."""
+    import torch  # noqa: PLC0415 - the test install's
+
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    t = torch.from_numpy(targets.astype(np.int64))
+    if name == "perceptual_ball":  # the authors' procedure, image by image, our map of its x'
+        return np.stack([end_to_end.explain_image_torch(torch_model, image, config, config.perturb.max_steps)[
+            "saliency"] for image in images])
+    options = {k: v for k, v in settings.items() if k != "chunk_size"}
+    if name == "excitation_backprop":
+        from perturb_jax.method_references import torchray_excitation  # noqa: PLC0415
+
+        return torchray_excitation.excitation_backprop(torch_model, x, t, **options)
+    if name == "extremal_perturbation":
+        from perturb_jax.method_references import torchray_extremal  # noqa: PLC0415
+
+        return torchray_extremal.run(torch_model, x, t, **options)["saliency"]
+    if name == "rise":
+        from perturb_jax.method_references import torchray_rise  # noqa: PLC0415
+
+        given = np.asarray(rise.masks(key, images.shape[1:3], options["num_masks"], options["num_cells"],
+                                      options["p"]))
+        return torchray_rise.saliency(torch_model, x, t, given, num_cells=options["num_cells"], p=options["p"],
+                                      batch_size=settings["chunk_size"])
+    if name == "deepfool":
+        from perturb_jax.method_references import torchattacks_deepfool  # noqa: PLC0415
+
+        return torchattacks_deepfool.deepfool(torch_model, x, t, mean=options["mean"], std=options["std"],
+                                              steps=options["steps"], overshoot=options["overshoot"])[0]
+    from perturb_jax.method_references import captum_methods  # noqa: PLC0415
+
+    if name == "smoothgrad":
+        noise = np.asarray(smoothgrad.noise(key, jnp.asarray(images), options["samples"], options["noise_level"]))
+        return captum_methods.smoothgrad(torch_model, x, t, torch.from_numpy(noise.transpose(0, 1, 4, 2, 3)),
+                                         chunk_size=settings["chunk_size"])
+    return captum_methods.METHODS[name](torch_model, x, t, **settings)
+
+
+def measure(name: str, config, graphdef, state, torch_model, images: np.ndarray, targets: np.ndarray,
+            reference_images: int, repeats: int) -> dict:
+    """One row: ours and the reference's images per second, compile seconds, and the maps' largest difference."""
+    settings = config_lib.method_settings(config, name)
+    fn = methods.make_fn(name, graphdef, settings)
+    key = jax.random.key(config.seed)
+    args = (state, jnp.asarray(images), jnp.asarray(targets), key)
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - start)
+    row = dict(method=name, reference=REFERENCES[name], batch_size=len(images), compile_s=compile_s,
+               ours_s=min(times), ours_images_per_s=len(images) / min(times))
+    if torch_model is None:
+        return row
+    n = min(reference_images, len(images))
+    reference_maps(name, torch_model, images[:1], targets[:1], settings, key, config)  # warm-up, as our compile
+    start = time.perf_counter()
+    ref = np.asarray(reference_maps(name, torch_model, images[:n], targets[:n], settings, key, config), np.float32)
+    ref_s = time.perf_counter() - start
+    # Ours on the reference's images alone (compiled for them first): the same work as the reference's, and the
+    # same draws for the sampling methods, which draw per batch.
+    small = (state, jnp.asarray(images[:n]), jnp.asarray(targets[:n]), key)
+    compiled_small = fn.lower(*small).compile()
+    start = time.perf_counter()
+    ours = np.asarray(jax.block_until_ready(compiled_small(*small))["saliency"])
+    small_s = time.perf_counter() - start
+    row.update(reference_images=n, reference_s=ref_s, reference_images_per_s=n / ref_s,
+               ours_same_images_per_s=n / small_s, speed_ratio=row["ours_images_per_s"] / (n / ref_s),
+               speed_ratio_same_images=small_s and ref_s / small_s,
+               max_relative_difference=float(np.abs(ours - ref).max() / (np.abs(ref).max() or 1.0)))
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    """The markdown table of ``measure``'s rows."""
+    head = ["method", "reference", "ours: images/s (batch)", "ours: images/s (reference's images)",
+            "reference: images/s (images)", "ours / reference (batch; same images)", "compile s",
+            "max rel. diff. of maps"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---" + "|---:" * (len(head) - 2) + "|"]
+    for r in rows:
+        ref = r.get("reference_images_per_s")
+        lines.append(" | ".join([
+            f"| {r['method']}", r["reference"], f"{r['ours_images_per_s']:.3g} ({r['batch_size']})",
+            "-" if ref is None else f"{r['ours_same_images_per_s']:.3g}",
+            "-" if ref is None else f"{ref:.3g} ({r['reference_images']})",
+            "-" if ref is None else f"{r['speed_ratio']:.1f}; {r['speed_ratio_same_images']:.1f}",
+            f"{r['compile_s']:.1f}", "-" if ref is None else f"{r['max_relative_difference']:.1e}"]) + " |")
+    return "\n".join(lines)
+
+
+def _define_flags() -> None:
+    """The command line's flags, defined only when run as a program (importing this module defines none)."""
+    flags.DEFINE_list("methods", list(methods.NAMES), "methods to time")
+    flags.DEFINE_string("variant", "", "configs/table1.py's variant whose settings are used ('' = embedded)")
+    flags.DEFINE_integer("batch_size", 32, "images per call of ours")
+    flags.DEFINE_integer("reference_images", 8, "images given to the reference library")
+    flags.DEFINE_integer("repeats", 2, "timed calls of ours (the best is kept)")
+    flags.DEFINE_bool("torch", True, "time the reference libraries (the test install)")
+    flags.DEFINE_string("out", None, "JSON file of the platform and every row")
+
+
+def main(argv) -> None:
+    del argv
+    f = flags.FLAGS
+    config = runpy.run_path(os.path.join(ROOT, "configs", "table1.py"))["get_config"](f.variant)
+    config.batch_size = f.batch_size
+    split = f"validation[1000:{1000 + f.batch_size}]"
+    examples = list(eval.datasets.load(config.data, split)[0])
+    images = explain.normalise(np.stack([ex["image"] for ex in examples]), config)
+    model = checkpoint.load_model(config.model.checkpoint)
+    graphdef, state = nnx.split(model)
+    targets = np.asarray(jnp.argmax(model(jnp.asarray(images))[0], axis=-1), np.int32)  # config.target
+    torch_model = None
+    if f.torch:
+        import torch  # noqa: PLC0415 - the test install's
+
+        torch.set_num_threads(os.cpu_count())
+        torch_model = benchmark.build_weights("embedded")[0].eval().requires_grad_(False)
+    rows = []
+    for name in f.methods:
+        rows.append(measure(name, config, graphdef, state, torch_model, images, targets, f.reference_images,
+                            f.repeats))
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    print(table(rows))
+    if f.out:
+        with open(f.out, "w") as out:
+            json.dump(dict(platform=benchmark.platform_info(), split=split, rows=rows), out, indent=1)
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
