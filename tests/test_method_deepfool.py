@@ -159,8 +159,8 @@ def _parity(num_classes, width_divisor, size, batch, margin):
 
 
 # The step is proportional to f_k - f_t, which at the start is about the margin: the float32 difference of the two
-# networks' logits (1e-7 narrow, 2e-7 full width) divided by it bounds the relative error of the maps (measured 1e-5,
-# 2.3e-5); a smaller margin loses precision, a larger one takes more steps (torchattacks: one image at a time).
+# networks' logits (1e-7 narrow, 2e-7 full width) divided by it bounds the relative error of the maps (measured 1.2e-5,
+# 2.8e-5); a smaller margin loses precision, a larger one takes more steps (torchattacks: one image at a time).
 
 
 def test_parity_with_torchattacks_narrow():
