@@ -28,7 +28,7 @@ def paired_models(num_classes, width_divisor, seed=0):
     from perturb_jax import convert_weights
 
     torch_model = random_torch_model(num_classes, width_divisor, seed)
-    state_dict = {k: v.numpy() for k, v in torch_model.state_dict().items()}
+    state_dict = {k: v.numpy().copy() for k, v in torch_model.state_dict().items()}  # no memory shared
     pure, n, d = convert_weights.convert_state_dict(state_dict, num_classes, width_divisor)
     return torch_model, convert_weights.build_model(pure, n, d)
 
