@@ -1,6 +1,7 @@
 """TorchRay's ``extremal_perturbation`` on the torch replica, one image at a time (TorchRay takes one), at the options
 of ``perturb_jax.methods.extremal_perturbation``; the map as TorchRay's attribution benchmark makes it (each mask
-smoothed, ``smooth`` x the shorter side, then summed over areas)."""
+smoothed, ``smooth`` x the shorter side, then summed over areas). On a shared 2-core machine, run torch with one
+thread (``torch.set_num_threads(1)``): two OpenMP threads made it 10-30x slower there."""
 
 import numpy as np
 import torch
@@ -14,7 +15,8 @@ FIXED = {"max_blur": 20.0, "learning_rate": 0.01, "momentum": 0.9, "regul_weight
 
 
 def run(torch_model, images_nchw, targets, **options) -> dict:
-    """-> {"masks": (B, A, H, W) before smoothing, "saliency": (B, H, W), "areas": (B, A) mask means} as numpy."""
+    """-> {"masks": (B, A, H, W) before smoothing, "saliency": (B, H, W), "image_areas": (B, A) mask means} as numpy
+    (TorchRay returns the masks cropped to the image, not its full masks with their margin)."""
     opts = {k: o.default for k, o in ours.OPTIONS.items()} | options
     for k, v in FIXED.items():
         if opts[k] != v:
@@ -33,4 +35,4 @@ def run(torch_model, images_nchw, targets, **options) -> dict:
         smoothed = torch.stack([imsmooth(m[:, None], sigma=opts["smooth"] * min(m.shape[-2:]),
                                          padding_mode="constant")[:, 0] for m in masks])
     return {"masks": masks.numpy(), "saliency": smoothed.sum(dim=1).numpy(),
-            "areas": masks.mean(dim=(2, 3)).numpy()}
+            "image_areas": masks.mean(dim=(2, 3)).numpy()}
