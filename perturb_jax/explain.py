@@ -207,7 +207,8 @@ def explain_split(config, workdir: str, split_name: str, split: str, num_example
                                                   results_store.batch_path(workdir, split_name, index), record))
         if lead:
             logging.info("%s batch %d: %d images in %.1f s (%s)", split_name, index, n, time.perf_counter() - start,
-                         ", ".join(f"{m} {out['batch_seconds'][0]:.1f} s" for m, out in per_method.items()))
+                         ", ".join(f"{m} {out['batch_seconds'][0]:.1f} s" for m, out in per_method.items()
+                                   if out))  # a batch of only unreadable images has no maps
         progress.update(n)
 
 

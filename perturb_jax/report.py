@@ -131,7 +131,8 @@ def write_results(directory: str, summary: dict, per_image: list[dict]) -> None:
         json.dump({"summary": summary, "per_image": per_image}, f, indent=1)
     if per_image:
         with open(os.path.join(directory, "results.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(per_image[0]))
+            fields = list(dict.fromkeys(k for row in per_image for k in row))  # methods' diagnostics differ
+            writer = csv.DictWriter(f, fieldnames=fields, restval="")
             writer.writeheader()
             writer.writerows(per_image)
 

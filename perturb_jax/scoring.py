@@ -77,7 +77,7 @@ def score(config: ml_collections.ConfigDict, tune: dict, evaluation: dict) -> tu
         totals = [_seconds_per_image(split, m) for split in splits.values()]
         seconds, images = sum(t[0] for t in totals), sum(t[1] for t in totals)
         summary["seconds_per_image"][label] = seconds / images if images else None
-    if "perceptual_ball" in labels and len(evaluation.get("image_id", [])):
+    if "perceptual_ball/margin_adv" in evaluation:
         summary["perceptual_ball"] = {
             f"{k}_{split_name}": float(np.mean(v)) for split_name, split in splits.items()
             if len(split.get("image_id", [])) for k, v in
