@@ -168,5 +168,6 @@ def test_parity_with_torchattacks_narrow():
     assert ours["saliency"].shape == (3, 64, 64)
 
 
+@pytest.mark.slow  # 45 s under load: the second CI step
 def test_parity_with_torchattacks_full_width():
     _parity(5, 1, 32, 1, 2e-2)
