@@ -68,7 +68,7 @@ def test_masks_meet_their_area():
 
 def test_blur_pyramid_matches_torchray():
     """``Perturbation`` (8 levels, max blur 20; zero padding) and its ``apply``, and ``imsmooth`` of the final maps:
-    measured 5e-8 relative."""
+    measured 4e-8, 5e-8 and 5e-7 relative."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("torchray")
     from torchray.attribution.extremal_perturbation import Perturbation
@@ -89,8 +89,8 @@ def test_blur_pyramid_matches_torchray():
 
 def test_mask_generator_matches_torchray():
     """``MaskGenerator((50, 36), 7, 21).generate`` (sides not multiples of the step) from random parameters and from
-    its start (all 1): measured 2.7e-6 from TorchRay's float32 masks, which are themselves that far from float64
-    (they add the 81 softmax-weighted terms one by one; we add them pairwise: 4e-7 from float64). Its gradient is
+    its start (all 1): measured 3.2e-6 from TorchRay's float32 masks, which are 2.7e-6 from float64 themselves
+    (they add the 81 softmax-weighted terms one by one; we add them pairwise: 9.5e-7 from float64). Its gradient is
     checked within the energy's (``test_energy_gradient_matches_torchray``); 64 x 64 in the whole runs."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("torchray")
@@ -107,13 +107,13 @@ def test_mask_generator_matches_torchray():
     assert _rel(cropped, ref_cropped[:, 0].numpy()) < 1e-5
     assert _rel(full, ref_full[:, 0].numpy()) < 1e-5
     ref.weight = ref.weight.double()
-    assert _rel(full, ref.generate(torch.tensor(pmask[:, None]).double())[1][:, 0].numpy()) < 1e-6
+    assert _rel(full, ref.generate(torch.tensor(pmask[:, None]).double())[1][:, 0].numpy()) < 2e-6
 
 
 def test_energy_gradient_matches_torchray():
     """The gradient of one iteration's energy (flipped image, lambda at iteration 6) from random parameters,
     against TorchRay's energy assembled from its own parts (``MaskGenerator``, ``Perturbation``, flip,
-    ``simple_reward``, its sorted-mask penalty): measured 2e-6."""
+    ``simple_reward``, its sorted-mask penalty): measured 2.6e-6."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("torchray")
     from torch_fixtures import paired_models
@@ -175,7 +175,7 @@ def test_matches_torchray_narrow():
     reference's 0/1 boundary: TorchRay's float32 masks differ from ours by up to 3e-6 and its sort is unstable,
     so a few (near-)tied pixels at the boundary rank on the other side, each moving one pixel's gradient by
     2 lambda / N = 0.05 (shown in ``test_area_loss_by_hand``'s terms; with the same ranks the gradient agrees to
-    2e-6, ``test_energy_gradient_matches_torchray``); SGD then carries it on. For scale, leaving out the flip
+    2.6e-6, ``test_energy_gradient_matches_torchray``); SGD then carries it on. For scale, leaving out the flip
     moves the masks by 3e-2 and a wrong target by 2.5e-2; the masks move 0.1 from their start."""
     ref, start, masks, full = _whole_run(8, 10, 64, 2, [1, 3], (0.05, 0.2), scale=1e3)
     assert _rel(masks, ref["masks"]) < 5e-4
