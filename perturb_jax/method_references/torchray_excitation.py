@@ -6,6 +6,7 @@ TorchRay's module imports torchvision's ResNet classes (only to patch ResNets' s
 is not installed, stand-ins are put in ``sys.modules`` for that import and taken out after it."""
 
 import contextlib
+import importlib.util
 import sys
 import types
 
@@ -20,11 +21,7 @@ _STAND_IN_MODULES = ("torchvision", "torchvision.models", "torchvision.models.re
 def torchvision_stand_in():
     """Where ``import torchvision`` fails: ``torchvision.models.resnet`` with placeholder ``ResNet``,
     ``Bottleneck`` and ``BasicBlock`` classes while the block runs; ``sys.modules`` as before afterwards."""
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        pass
-    else:
+    if importlib.util.find_spec("torchvision") is not None:
         yield
         return
     saved = {name: sys.modules.get(name) for name in _STAND_IN_MODULES}
