@@ -36,8 +36,8 @@ def _kept(items, keep):
     return [x for x, k in zip(items, keep) if k]
 
 
-def _sweep(split, method, config, alphas):
-    maps, gt, _ = _frame(split, f"{method}/saliency", config)
+def _sweep(split, frame, method, config, alphas):
+    maps, gt, _ = frame
     keep = _scored(split)
     success = protocol.sweep(_kept(maps, keep), _kept(gt, keep), tuple(config.protocol.strategies),
                              config.protocol.largest_component, alphas)
@@ -58,6 +58,9 @@ def score(config: ml_collections.ConfigDict, tune: dict, evaluation: dict) -> tu
     alphas = {s: np.asarray(config.protocol[f"{s}_alphas"], float) for s in strategies}
     labels = {m: method_label(config, m) for m in config.methods}
     splits = {"tune": tune, "eval": evaluation}
+    # Each method's maps in the evaluation frame, made once (resizing to the original size is not free).
+    frames = {(name, m): _frame(split, f"{m}/saliency", config) for name, split in splits.items()
+              if len(split.get("image_id", [])) for m in config.methods}
     summary = {"methods": list(labels.values()), "num_images": {}, "failed_images": {},
                "skipped_images": [], "seconds_per_image": {}}
     for split_name, split in splits.items():
@@ -88,24 +91,25 @@ def score(config: ml_collections.ConfigDict, tune: dict, evaluation: dict) -> tu
     errors, chosen = {}, {}
     if summary["num_images"]["eval_scored"]:
         keep_e = _scored(evaluation)
-        eval_frame = _frame(evaluation, f"{config.methods[0]}/saliency", config)
+        eval_frame = frames["eval", config.methods[0]]
         for m, label in labels.items():
             if tuned:
-                errors[label] = protocol.tune_and_evaluate(_sweep(tune, m, config, alphas),
-                                                           _sweep(evaluation, m, config, alphas), alphas)
+                errors[label] = protocol.tune_and_evaluate(_sweep(tune, frames["tune", m], m, config, alphas),
+                                                           _sweep(evaluation, frames["eval", m], m, config, alphas),
+                                                           alphas)
             else:
                 given = {s: np.asarray([config.protocol.given_alphas[s]], float) for s in strategies}
-                success = _sweep(evaluation, m, config, given)
+                success = _sweep(evaluation, frames["eval", m], m, config, given)
                 errors[label] = {s: {"alpha": float(given[s][0]), "eval_error": float(1 - success[s][:, 0].mean())}
                                  for s in strategies}
-            maps, gt, _ = _frame(evaluation, f"{m}/saliency", config)
+            maps, gt, _ = frames["eval", m]
             summary.setdefault("max_box_acc", {})[label] = {
                 str(k): v for k, v in protocol.max_box_acc(_kept(maps, keep_e), _kept(gt, keep_e),
                                                            interval=config.protocol.max_box_acc_interval).items()}
             chosen[label] = {s: errors[label][s]["alpha"] for s in strategies}
         if tuned:
             keep_t = _scored(tune)
-            tune_frame = _frame(tune, f"{config.methods[0]}/saliency", config)
+            tune_frame = frames["tune", config.methods[0]]
             errors["centred_box"] = protocol.centred_box_baseline(
                 _kept(tune_frame[1], keep_t), _kept(tune_frame[2], keep_t), _kept(eval_frame[1], keep_e),
                 _kept(eval_frame[2], keep_e))
@@ -116,16 +120,16 @@ def score(config: ml_collections.ConfigDict, tune: dict, evaluation: dict) -> tu
     for label in labels.values():  # without boxes to score, boxes are drawn at the given alphas
         chosen.setdefault(label, {s: float(config.protocol.given_alphas[s]) for s in strategies})
     summary["chosen_alpha"] = chosen
-    return summary, _per_image_rows(config, splits, labels, chosen)
+    return summary, _per_image_rows(config, splits, frames, labels, chosen)
 
 
-def _per_image_rows(config, splits: dict, labels: dict, chosen: dict) -> list[dict]:
+def _per_image_rows(config, splits: dict, frames: dict, labels: dict, chosen: dict) -> list[dict]:
     rows = []
     for split_name, split in splits.items():
         if not len(split.get("image_id", [])):
             continue
         for m, label in labels.items():
-            maps, gt, _ = _frame(split, f"{m}/saliency", config)
+            maps, gt, _ = frames[split_name, m]
             per = protocol.per_image_results(maps, gt, chosen[label], config.protocol.largest_component)
             extras = [k.split("/", 1)[1] for k in split if k.startswith(f"{m}/")]
             extras = [k for k in extras if k not in ("saliency", "failed") and not k.startswith("batch_")]
