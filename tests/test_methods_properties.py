@@ -92,6 +92,19 @@ CHUNKED = [(integrated_gradients, {"steps": 7, "quadrature": "gausslegendre"}),
            (occlusion, {"window": 4, "stride": 2})]
 
 
+def test_samples_per_pass_spreads_samples_evenly_over_the_fewest_passes():
+    """(chunk_size, batch, total) -> samples per image a pass: 256 // 8 = 32 allows 2 passes for 50, so 25 each;
+    256 // 32 = 8 needs 7 passes, 8 each (56, the fewest padded); one pass holds all; a batch over chunk_size
+    still takes one sample a pass."""
+    assert common.samples_per_pass(256, 8, 50) == 25
+    assert common.samples_per_pass(256, 32, 50) == 8
+    assert common.samples_per_pass(200, 8, 50) == 25
+    assert common.samples_per_pass(1000, 8, 50) == 50
+    assert common.samples_per_pass(6, 2, 7) == 3
+    assert common.samples_per_pass(6, 2, 49) == 3
+    assert common.samples_per_pass(4, 16, 10) == 1
+
+
 @pytest.mark.parametrize("module,options", CHUNKED, ids=[m.METHOD.name for m, _ in CHUNKED])
 def test_chunking_changes_no_number(module, options):
     """chunk_size 1 (one sample a pass), 6 (3 a pass for 2 images: 7 steps or samples and 49 windows leave a

@@ -24,10 +24,12 @@ def deepfool(torch_model, images_nchw, targets, *, mean, std, steps=50, overshoo
     the targets as labels -> numpy (the map: per-pixel L2 norm over channels of adv - pixels, (B, H, W); the
     adversarial pixels, (B, C, H, W)). Unless ``weight_grads`` (what torchattacks does on a model as given), the
     weights' gradients, which the attack does not use, are not computed: same result, several times faster."""
-    mean_c = np.asarray(mean, np.float32)[None, :, None, None]
-    std_c = np.asarray(std, np.float32)[None, :, None, None]
-    pixels = torch.as_tensor(np.clip(np.asarray(images_nchw, np.float32) * std_c + mean_c, 0, 1))
-    attack = torchattacks.DeepFool(Normalised(torch_model, mean, std).eval(), steps=steps, overshoot=overshoot)
+    dtype = np.asarray(images_nchw).dtype  # float32, or float64 with a float64 replica
+    mean_c = np.asarray(mean, dtype)[None, :, None, None]
+    std_c = np.asarray(std, dtype)[None, :, None, None]
+    pixels = torch.as_tensor(np.clip(np.asarray(images_nchw, dtype) * std_c + mean_c, 0, 1))
+    wrapped = Normalised(torch_model, mean, std).to(pixels.dtype).eval()
+    attack = torchattacks.DeepFool(wrapped, steps=steps, overshoot=overshoot)
     flags = [p.requires_grad for p in torch_model.parameters()]
     try:
         for p in torch_model.parameters():

@@ -76,8 +76,13 @@ def max_abs_over_channels(attribution: jax.Array) -> jax.Array:
 
 
 def samples_per_pass(chunk_size: int, batch: int, total: int) -> int:
-    """How many samples per image one pass evaluates: ``chunk_size`` network evaluations over the batch."""
-    return int(max(1, min(total, chunk_size // max(batch, 1))))
+    """How many of ``total`` samples per image one pass evaluates: at most ``chunk_size`` network evaluations over
+    the batch, in as few passes as that allows, spread evenly over them so that the last pass pads least (50
+    Integrated Gradients steps of 8 images at chunk 256: 2 passes of 25, not 32 and 18 padded to 32, which cost
+    1.3x the time)."""
+    most = int(max(1, min(total, chunk_size // max(batch, 1))))
+    passes = -(-total // most)
+    return -(-total // passes)
 
 
 def chunked_sum(fn: Callable[[jax.Array], jax.Array], xs: jax.Array, per_pass: int) -> jax.Array:
