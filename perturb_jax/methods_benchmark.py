@@ -3,6 +3,9 @@ CPU, the same run.
 
   python -m perturb_jax.methods_benchmark --out=/tmp/methods_bench.json
   python -m perturb_jax.methods_benchmark --methods=rise,occlusion --batch_size=32 --reference_images=8
+  python -m perturb_jax.methods_benchmark --methods=gradient --network_batches=8,32,256
+
+The last also times the bare network on both sides (``network_rows``), which says where a row's time goes.
 
 Ours: the method jitted (compiled ahead; the compile time is reported apart), on ``--batch_size`` images of the
 embedded benchmark's evaluation split, the best of ``--repeats`` calls. Reference: Captum 0.9 (gradient, guided
@@ -10,10 +13,14 @@ backpropagation, Grad-CAM, guided Grad-CAM, Integrated Gradients, SmoothGrad, oc
 (excitation backprop, extremal perturbation, RISE), torchattacks 3.5.1 (DeepFool), the authors' procedure
 (perceptual ball: one ``torch.optim.LBFGS.step`` per image), on the torch replica holding the same weights, with
 every core, on the first ``--reference_images`` of those images (the per-image libraries would take minutes on the
-whole batch; images per second is per image either way; ours is also timed on just those images). The settings are ``configs/table1.py``'s (``--variant``);
-each row also gives the largest difference between our maps and the reference's on the images both explained,
-relative to the reference's largest value (the parity tests hold these to 1e-4 on random networks; the trained
-network and real images are a second check). Needs torch and the reference libraries (the test install).
+whole batch; images per second is per image either way), one untimed call and then one timed call; ours is also
+timed on just those images, compiled for them, one untimed call and then the best of ``--repeats``. The settings
+are ``configs/table1.py``'s (``--variant``). Each row also gives the largest difference between our maps and the
+reference's on the images both explained, relative to the reference's largest value (the parity tests hold these
+to 1e-4 on random networks; the trained network and real images are a second check), and, for scale, the same
+figure for the reference against itself when its input moves by normal noise of sigma 1e-6 (its timed call):
+iterative methods (the perceptual ball, extremal perturbation) amplify such differences, so that two exact
+implementations part by about as much as that column. Needs torch and the reference libraries (the test install).
 """
 
 import json
@@ -29,7 +36,7 @@ from flax import nnx
 
 import eval.datasets
 from perturb_jax import benchmark, checkpoint, config as config_lib, end_to_end, explain, methods
-from perturb_jax.methods import rise, smoothgrad
+from perturb_jax.methods import common, rise, smoothgrad
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCES = {
@@ -82,6 +89,16 @@ def reference_maps(name: str, torch_model, images: np.ndarray, targets: np.ndarr
     return captum_methods.METHODS[name](torch_model, x, t, **settings)
 
 
+def _best_of(call, repeats: int) -> float:
+    """The least wall time of ``repeats`` calls of ``call`` (its result waited for)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def measure(name: str, config, graphdef, state, torch_model, images: np.ndarray, targets: np.ndarray,
             reference_images: int, repeats: int) -> dict:
     """One row: ours and the reference's images per second, compile seconds, and the maps' largest difference."""
@@ -92,31 +109,32 @@ def measure(name: str, config, graphdef, state, torch_model, images: np.ndarray,
     start = time.perf_counter()
     compiled = fn.lower(*args).compile()
     compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
+    ours_s = _best_of(lambda: compiled(*args), repeats)
     row = dict(method=name, reference=REFERENCES[name], batch_size=len(images), compile_s=compile_s,
-               ours_s=min(times), ours_images_per_s=len(images) / min(times))
+               ours_s=ours_s, ours_images_per_s=len(images) / ours_s)
     if torch_model is None:
         return row
     n = min(reference_images, len(images))
-    reference_maps(name, torch_model, images[:1], targets[:1], settings, key, config)  # warm-up, as our compile
-    start = time.perf_counter()
+    # The reference twice on the same shapes: untimed (its warm-up, and the maps compared with ours), then timed on
+    # the images plus normal noise of sigma 1e-6 (normalised units), whose maps show how far the reference moves
+    # on its own when its input moves by float32 rounding: the scale for the last column.
     ref = np.asarray(reference_maps(name, torch_model, images[:n], targets[:n], settings, key, config), np.float32)
+    noisy = images[:n] + np.random.default_rng(0).normal(scale=1e-6, size=images[:n].shape).astype(np.float32)
+    start = time.perf_counter()
+    ref_noisy = np.asarray(reference_maps(name, torch_model, noisy, targets[:n], settings, key, config), np.float32)
     ref_s = time.perf_counter() - start
-    # Ours on the reference's images alone (compiled for them first): the same work as the reference's, and the
-    # same draws for the sampling methods, which draw per batch.
+    # Ours on the reference's images alone (compiled for them, one untimed call, then the best of ``repeats``):
+    # the same work as the reference's, and the same draws for the sampling methods, which draw per batch.
     small = (state, jnp.asarray(images[:n]), jnp.asarray(targets[:n]), key)
     compiled_small = fn.lower(*small).compile()
-    start = time.perf_counter()
     ours = np.asarray(jax.block_until_ready(compiled_small(*small))["saliency"])
-    small_s = time.perf_counter() - start
+    small_s = _best_of(lambda: compiled_small(*small), repeats)
+    scale = np.abs(ref).max() or 1.0
     row.update(reference_images=n, reference_s=ref_s, reference_images_per_s=n / ref_s,
                ours_same_images_per_s=n / small_s, speed_ratio=row["ours_images_per_s"] / (n / ref_s),
-               speed_ratio_same_images=small_s and ref_s / small_s,
-               max_relative_difference=float(np.abs(ours - ref).max() / (np.abs(ref).max() or 1.0)))
+               speed_ratio_same_images=ref_s / small_s,
+               max_relative_difference=float(np.abs(ours - ref).max() / scale),
+               reference_noise_difference=float(np.abs(ref_noisy - ref).max() / scale))
     return row
 
 
@@ -124,7 +142,7 @@ def table(rows: list[dict]) -> str:
     """The markdown table of ``measure``'s rows."""
     head = ["method", "reference", "ours: images/s (batch)", "ours: images/s (reference's images)",
             "reference: images/s (images)", "ours / reference (batch; same images)", "compile s",
-            "max rel. diff. of maps"]
+            "max rel. diff. of maps", "reference vs itself at x + 1e-6 noise"]
     lines = ["| " + " | ".join(head) + " |", "|---|---" + "|---:" * (len(head) - 2) + "|"]
     for r in rows:
         ref = r.get("reference_images_per_s")
@@ -133,7 +151,61 @@ def table(rows: list[dict]) -> str:
             "-" if ref is None else f"{r['ours_same_images_per_s']:.3g}",
             "-" if ref is None else f"{ref:.3g} ({r['reference_images']})",
             "-" if ref is None else f"{r['speed_ratio']:.1f}; {r['speed_ratio_same_images']:.1f}",
-            f"{r['compile_s']:.1f}", "-" if ref is None else f"{r['max_relative_difference']:.1e}"]) + " |")
+            f"{r['compile_s']:.1f}", "-" if ref is None else f"{r['max_relative_difference']:.1e}",
+            "-" if ref is None else f"{r['reference_noise_difference']:.1e}"]) + " |")
+    return "\n".join(lines)
+
+
+def network_rows(graphdef, state, torch_model, images: np.ndarray, targets: np.ndarray, batch_sizes,
+                 repeats: int) -> list[dict]:
+    """The network itself, what every method's cost is made of: milliseconds per image of the forward pass and of
+    the forward and backward pass to the input (the input gradient of the target logits), ours (jitted) and torch's,
+    at each batch size (the images repeated to fill it); the best of ``repeats`` after an untimed call on each side.
+    """
+    import torch  # noqa: PLC0415 - the test install's
+
+    forward = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x)[0])
+    def input_gradient(st, x, t):  # as SmoothGrad and Integrated Gradients take it (XLA:CPU's fast path)
+        model = nnx.merge(graphdef, st)
+        return common.input_gradient(model, x, t, grad_kernels=model.input_grad_kernels())
+
+    backward = jax.jit(input_gradient)
+    rows = []
+    for b in batch_sizes:
+        reps = -(-b // len(images))
+        x = np.concatenate([images] * reps)[:b]
+        t = np.concatenate([targets] * reps)[:b]
+        xj, tj = jnp.asarray(x), jnp.asarray(t)
+        xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        tt = torch.from_numpy(t.astype(np.int64))
+
+        def torch_forward():
+            with torch.no_grad():
+                return torch_model(xt)
+
+        def torch_backward():
+            leaf = xt.clone().requires_grad_(True)
+            torch_model(leaf).gather(1, tt[:, None]).sum().backward()
+            return leaf.grad
+
+        timed = {}
+        for label, call in [("ours_forward", lambda: forward(state, xj)),
+                            ("ours_backward", lambda: backward(state, xj, tj)),
+                            ("torch_forward", torch_forward), ("torch_backward", torch_backward)]:
+            call()
+            timed[label] = 1e3 * _best_of(call, repeats) / b
+        rows.append(dict(batch_size=b, **{f"{k}_ms_per_image": v for k, v in timed.items()}))
+    return rows
+
+
+def network_table(rows: list[dict]) -> str:
+    """The markdown table of ``network_rows``."""
+    lines = ["| batch | forward ms/image: ours | torch | ours / torch time | forward+backward ms/image: ours | "
+             "torch | ours / torch time |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        f, t = r["ours_forward_ms_per_image"], r["torch_forward_ms_per_image"]
+        fb, tb = r["ours_backward_ms_per_image"], r["torch_backward_ms_per_image"]
+        lines.append(f"| {r['batch_size']} | {f:.2f} | {t:.2f} | {f / t:.2f} | {fb:.2f} | {tb:.2f} | {fb / tb:.2f} |")
     return "\n".join(lines)
 
 
@@ -145,6 +217,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("reference_images", 8, "images given to the reference library")
     flags.DEFINE_integer("repeats", 2, "timed calls of ours (the best is kept)")
     flags.DEFINE_bool("torch", True, "time the reference libraries (the test install)")
+    flags.DEFINE_list("network_batches", [], "batch sizes at which to time the bare network on both sides too")
     flags.DEFINE_string("out", None, "JSON file of the platform and every row")
 
 
@@ -171,9 +244,15 @@ def main(argv) -> None:
                             f.repeats))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     print(table(rows))
+    network = []
+    if f.network_batches and torch_model is not None:
+        network = network_rows(graphdef, state, torch_model, images, targets, [int(b) for b in f.network_batches],
+                               f.repeats)
+        print(network_table(network))
     if f.out:
         with open(f.out, "w") as out:
-            json.dump(dict(platform=benchmark.platform_info(), split=split, rows=rows), out, indent=1)
+            json.dump(dict(platform=benchmark.platform_info(), split=split, rows=rows, network=network), out,
+                      indent=1)
 
 
 if __name__ == "__main__":

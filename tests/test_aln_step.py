@@ -99,6 +99,7 @@ def test_deconv2x_equals_flax_conv_transpose():
     np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(ref(x)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # 23 s idle (2026-12-07): the second CI step
 def test_models_shapes():
     rngs = nnx.Rngs(0)
     corruption = models.CorruptionNet(32, (8, 16), 16, rngs=rngs)
@@ -146,6 +147,7 @@ def test_step_trains_what_the_rule_says():
     assert _changed(before["classifier"]["params"], after["classifier"]["params"]) and m["occluded_area"] == 0
 
 
+@pytest.mark.slow  # 30 s idle (2026-12-07): the second CI step
 def test_folded_vgg_gives_the_logits_of_vgg_in_eval_mode():
     from perturb_jax.models.vgg import VGG19BN, FoldedVGG  # noqa: PLC0415
     vgg = VGG19BN(10, 16, rngs=nnx.Rngs(0))

@@ -59,6 +59,7 @@ def _assert_same_state(a, b, rtol=0.0, atol=0.0):
         np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=atol, err_msg=k)
 
 
+@pytest.mark.slow  # 48 s idle (2026-12-07): the second CI step
 def test_four_devices_give_the_parameters_of_one(tmp_path):
     one, four = _run(["steps", str(tmp_path / "one.npz")], 1), _run(["steps", str(tmp_path / "four.npz")], 4)
     _finish(one), _finish(four)
@@ -93,6 +94,7 @@ def _records(workdir):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow  # 86 s idle (2026-12-07): the second CI step
 def test_killed_run_resumes_on_the_uninterrupted_trajectory(tmp_path):
     sets = ["num_steps=40", "checkpoint_every=8", "log_every=4"]
     whole = str(tmp_path / "whole")
@@ -115,6 +117,7 @@ def test_killed_run_resumes_on_the_uninterrupted_trajectory(tmp_path):
         assert r == pytest.approx(s, rel=1e-6)
 
 
+@pytest.mark.slow  # 55 s idle (2026-12-07): the second CI step
 def test_corrupt_latest_checkpoint_falls_back_and_says_so(tmp_path):
     work = str(tmp_path / "w")
     _finish(_run(["train", work, str(tmp_path / "a.npz")]))  # tiny: 6 steps, checkpoints 3 and 6
@@ -127,6 +130,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_says_so(tmp_path):
     assert int(_load(tmp_path / "b.npz")["['step']"]) == 9
 
 
+@pytest.mark.slow  # 27 s idle (2026-12-07): the second CI step
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     work = str(tmp_path / "w")  # tiny: 2 classifier pre-training steps (no occlusion), then NaN from the fill
     proc = _run(["train", work, str(tmp_path / "b.npz"), "aln.fill_value=nan", "checkpoint_every=1"])
@@ -167,6 +171,7 @@ def test_classifier_checkpoint_of_other_classes_is_refused():
         train.build_models(c, 1000)
 
 
+@pytest.mark.slow  # 35 s idle (2026-12-07): the second CI step
 def test_checkpoint_of_other_shapes_is_refused(tmp_path):
     work = str(tmp_path / "w")
     _finish(_run(["train", work, str(tmp_path / "a.npz"), "num_steps=3"]))

@@ -65,21 +65,52 @@ def one_process(tmp_path_factory):
     return base, _results(base / "one")
 
 
-def test_two_processes_give_the_numbers_of_one(one_process):
-    base, expected = one_process
+@pytest.fixture(scope="module")
+def two_processes(one_process):
+    """The same job as a pair of processes (2 devices each): its workdir and results."""
+    base, _ = one_process
     work = base / "two"
     _finish(_pair(base, work))
-    # Same per-device programs on the same rows: summary and per-image records (maps' boxes, IoUs, margins, steps)
-    # are equal exactly, not within a tolerance.
-    assert _results(work) == expected
+    return work, _results(work)
+
+
+# Fields of a perceptual-ball record that its L-BFGS iterations make (the rest, and every gradient record, depend on
+# one pass of the network).
+ITERATED = {"loss", "margin_adv", "steps", "value_box", "value_iou", "value_correct", "mean_box", "mean_iou",
+            "mean_correct", "energy_box", "energy_iou", "energy_correct"}
+
+
+def test_two_processes_give_the_numbers_of_one(one_process, two_processes):
+    """The same rows, and every record of the single-pass method equal exactly. The perceptual ball's clean margins
+    agree to float32 rounding only: one process of 4 devices and two of 2 compile their per-device programs apart,
+    and on some CPUs they round differently (measured on one: 3.2201898e-4 against 3.2201852e-4; equal on
+    another), which the tiny random classifier's L-BFGS (margins of 1e-4) carries into its steps and boxes, so its
+    iterated fields are not compared here; the killed pair below is held to exact equality with the pair."""
+    _, expected = one_process
+    work, results = two_processes
+    assert len(results["per_image"]) == len(expected["per_image"]) == 32
+    for got, want in zip(results["per_image"], expected["per_image"]):
+        if got["method"] == "gradient":
+            assert got == want
+        else:
+            assert {k: v for k, v in got.items() if k not in ITERATED | {"margin"}} == \
+                {k: v for k, v in want.items() if k not in ITERATED | {"margin"}}
+            assert got["margin"] == pytest.approx(want["margin"], rel=1e-4)
+    for key in ("num_images", "failed_images", "skipped_images", "classifier_accuracy"):
+        assert results["summary"][key] == expected["summary"][key]
+    assert results["summary"]["max_box_acc"]["gradient"] == expected["summary"]["max_box_acc"]["gradient"]
+    assert results["summary"]["localisation_error"]["gradient"] == \
+        expected["summary"]["localisation_error"]["gradient"]
     batches = ["eval_00000.npz", "eval_00001.npz", "eval_00002.npz", "tune_00000.npz", "tune_00001.npz"]
     assert sorted(os.listdir(work / "maps")) == batches[:3] + ["gradient", "perceptual_ball"] + batches[3:]
     assert sorted(os.listdir(work / "maps" / "perceptual_ball")) == batches[:3] + ["options.json"] + batches[3:]
     assert not [name for name in os.listdir(work) if name.startswith(".")]
 
 
-def test_killed_pair_resumes_to_the_same_numbers(one_process):
-    base, expected = one_process
+@pytest.mark.slow  # about 100 s idle (2026-12-07): the second CI step
+def test_killed_pair_resumes_to_the_same_numbers(one_process, two_processes):
+    base, _ = one_process
+    _, expected = two_processes
     work = base / "cut"
     procs = _pair(base, work)
     deadline = time.time() + 240

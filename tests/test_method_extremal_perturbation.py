@@ -185,6 +185,7 @@ def test_matches_torchray_narrow():
     assert full.shape == (2, 2, 106, 106)
 
 
+@pytest.mark.slow  # 25 s idle (2026-12-07): the second CI step
 def test_matches_torchray_full_width():
     """Full-width VGG19_bn (``paired_models(5, 1)``), 32 x 32, batch 1, area 0.1, 3 iterations: measured 5.3e-4,
     for the reason in ``test_matches_torchray_narrow``, larger here since N = 71^2 is smaller (2 lambda / N =
