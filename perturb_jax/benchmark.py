@@ -183,7 +183,7 @@ class PeakMemory:
         return (peak - self.base) / 2**20
 
 
-def _timed(call, sync, repeats: int) -> list[float]:
+def timed(call, sync, repeats: int) -> list[float]:
     """Seconds of each of ``repeats`` calls after one warm-up call."""
     sync(call())
     times = []
@@ -284,10 +284,10 @@ def measure_jax(model_name: str, batch_size: int, steps: int, repeats: int, dtyp
         out_lo.update(compiled_lo(state, x, labels))
         return out_lo
 
-    times = _timed(call, jax.block_until_ready, repeats)
+    times = timed(call, jax.block_until_ready, repeats)
     peak_mb = memory.peak_mb()
-    times_lo = _timed(call_lo, jax.block_until_ready, repeats)
-    bare_times = _timed(lambda: bare(state, x), jax.block_until_ready, max(repeats, 5))
+    times_lo = timed(call_lo, jax.block_until_ready, repeats)
+    bare_times = timed(lambda: bare(state, x), jax.block_until_ready, max(repeats, 5))
     return dict(impl="jax", device=f"{device.platform}: {device.device_kind}", dtype=dtype,
                 trace_lower_s=lowered_at - start, compile_s=compile_s, planned_mb=_planned_mb(compiled),
                 flops_per_step=step_flops(graphdef, state, x, s), failed=int(np.sum(out["failed"])),
@@ -314,7 +314,7 @@ def profile(model_name: str, batch_size: int, steps: int, repeats: int = 5) -> d
 
     def ms(fn, *args):
         compiled = jax.jit(fn).lower(*args).compile()
-        return 1e3 * min(_timed(lambda: compiled(*args), jax.block_until_ready, repeats))
+        return 1e3 * min(timed(lambda: compiled(*args), jax.block_until_ready, repeats))
 
     def objective_grad(state, x, x_adv, target):
         model = nnx.merge(graphdef, state)
@@ -397,10 +397,10 @@ def measure_torch(model_name: str, batch_size: int, steps: int, repeats: int, st
         return z.grad
 
     memory = PeakMemory("cuda" if device.type == "cuda" else "host")
-    times = _timed(lambda: call(steps), lambda _: sync(), repeats)
+    times = timed(lambda: call(steps), lambda _: sync(), repeats)
     peak_mb = memory.peak_mb()
-    times_lo = _timed(lambda: call(steps_lo), lambda _: sync(), repeats)
-    bare_times = _timed(bare, lambda _: sync(), max(repeats, 5))
+    times_lo = timed(lambda: call(steps_lo), lambda _: sync(), repeats)
+    bare_times = timed(bare, lambda _: sync(), max(repeats, 5))
     name = f"cuda: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "cpu"
     taken = torch_iterations(steps, evaluations[steps])
     return dict(impl="torch", device=name, dtype="float32", threads=torch.get_num_threads(),

@@ -90,13 +90,8 @@ def reference_maps(name: str, torch_model, images: np.ndarray, targets: np.ndarr
 
 
 def _best_of(call, repeats: int) -> float:
-    """The least wall time of ``repeats`` calls of ``call`` (its result waited for)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(call())
-        times.append(time.perf_counter() - start)
-    return min(times)
+    """The least wall time of ``repeats`` calls of ``call`` after an untimed one (``benchmark.timed``)."""
+    return min(benchmark.timed(call, jax.block_until_ready, repeats))
 
 
 def measure(name: str, config, graphdef, state, torch_model, images: np.ndarray, targets: np.ndarray,
@@ -127,8 +122,8 @@ def measure(name: str, config, graphdef, state, torch_model, images: np.ndarray,
     # the same work as the reference's, and the same draws for the sampling methods, which draw per batch.
     small = (state, jnp.asarray(images[:n]), jnp.asarray(targets[:n]), key)
     compiled_small = fn.lower(*small).compile()
-    ours = np.asarray(jax.block_until_ready(compiled_small(*small))["saliency"])
     small_s = _best_of(lambda: compiled_small(*small), repeats)
+    ours = np.asarray(compiled_small(*small)["saliency"])
     scale = np.abs(ref).max() or 1.0
     row.update(reference_images=n, reference_s=ref_s, reference_images_per_s=n / ref_s,
                ours_same_images_per_s=n / small_s, speed_ratio=row["ours_images_per_s"] / (n / ref_s),
@@ -188,13 +183,12 @@ def network_rows(graphdef, state, torch_model, images: np.ndarray, targets: np.n
             torch_model(leaf).gather(1, tt[:, None]).sum().backward()
             return leaf.grad
 
-        timed = {}
+        ms = {}
         for label, call in [("ours_forward", lambda: forward(state, xj)),
                             ("ours_backward", lambda: backward(state, xj, tj)),
                             ("torch_forward", torch_forward), ("torch_backward", torch_backward)]:
-            call()
-            timed[label] = 1e3 * _best_of(call, repeats) / b
-        rows.append(dict(batch_size=b, **{f"{k}_ms_per_image": v for k, v in timed.items()}))
+            ms[label] = 1e3 * _best_of(call, repeats) / b
+        rows.append(dict(batch_size=b, **{f"{k}_ms_per_image": v for k, v in ms.items()}))
     return rows
 
 
