@@ -1,6 +1,6 @@
 """Times the ALN's parts apart, so a user sees which one bounds training: the train step, SLIC, evaluation.
 
-  python -m aln_jax.benchmark --out=/tmp/aln_bench.json
+  python -m aln_jax.benchmark --config=configs/aln.py --out=/tmp/aln_bench.json
 
 - train step: images per second of the jitted min-max step (both networks, forward and backward) at
   ``config.batch_size`` on real embedded images and their superpixels, after a warm-up call (compile timed apart);
@@ -8,7 +8,8 @@
 - evaluation: milliseconds per image of the map (corruption network) and the ALN's class, jitted, at
   ``--eval_batch``, with the per-pixel map and with the superpixel-mean map (SLIC on the host, one process), and
   of the paper's box (Sec. 3.2) from the map on the host.
-Weights are freshly initialised: the cost does not depend on their values.
+Weights are freshly initialised (or loaded, where the config names a checkpoint): the cost does not depend on
+their values.
 """
 
 import json
@@ -21,12 +22,15 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from aln_jax import config as config_lib, predict, step as step_lib, superpixels, train  # noqa: E402
+from aln_jax import predict, step as step_lib, superpixels, train  # noqa: E402
 from eval import boxes  # noqa: E402
 from eval.datasets import embedded  # noqa: E402
 
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/aln.py", "The ALN config to time (a variant after ':').",
+                                          lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed train steps.")
 _EVAL_BATCH = flags.DEFINE_integer("eval_batch", 100, "Images per evaluation call.")
 _SLIC_IMAGES = flags.DEFINE_integer("slic_images", 1000, "Images segmented per SLIC measurement.")
@@ -103,7 +107,7 @@ def measure(config, steps: int, eval_batch: int, slic_images: int, slic_workers:
 
 def main(argv):
     del argv
-    config = config_lib.get_config()
+    config = _CONFIG.value
     result = measure(config, _STEPS.value, _EVAL_BATCH.value, _SLIC_IMAGES.value, _SLIC_WORKERS.value)
     text = json.dumps(result, indent=1)
     print(text)

@@ -186,6 +186,13 @@ def _best_ious(predicted: np.ndarray, gt_boxes: list) -> np.ndarray:
     return np.array([box_ops.best_iou(b, g) for b, g in zip(predicted, gt_boxes)], np.float64)
 
 
+def centred_box_iou(predicted: np.ndarray, sizes: list, fraction: float) -> float:
+    """Mean IoU of the predicted boxes with the centred box of side ``fraction`` (``boxes.centred_box``): near 1 when
+    the maps are one prior rather than a function of the image."""
+    return float(np.mean([box_ops.iou(b, box_ops.centred_box(size, fraction)[None])[0]
+                          for b, size in zip(predicted, sizes)]))
+
+
 def _read_compare(path: str) -> dict:
     """A ``perturb_jax.main`` results.json; a missing or unscored file is a one-line error naming the field."""
     if not os.path.isfile(path):
@@ -309,6 +316,13 @@ def score(config: ml_collections.ConfigDict, tune: dict, evaluation: dict, compa
                                              {best["strategy"]: best["alpha"]}, largest)[best["strategy"]]
             top1[method] = {"strategy": best["strategy"], "alpha": best["alpha"],
                             **localisation_accuracies(per["correct"][keep["eval"]], evaluation, keep["eval"])}
+            if method == METHOD:
+                summary["centred_box_iou"] = {
+                    "fraction": errors["centred_box"]["fraction"],
+                    "best_tuned": centred_box_iou(per["box"][keep["eval"]], sizes_eval,
+                                                  errors["centred_box"]["fraction"]),
+                    "paper_threshold": centred_box_iou(paper["eval"][0][keep["eval"]], sizes_eval,
+                                                       errors["centred_box"]["fraction"])}
         for key in ("top1_accuracy", "top1_error"):
             del top1[GRADIENT][key]  # the gradient's boxes go with the Metric 2 classifier's class only
         summary["top1_localisation"] = top1
@@ -370,6 +384,10 @@ def markdown_table(summary: dict) -> str:
               else "no tuning split: only the paper's threshold is scored")
     speed = (f" ALN and Metric 2 classifier: {summary['ms_per_image']:.2f} ms per image."
              if summary.get("ms_per_image") is not None else "")
+    if summary.get("centred_box_iou"):
+        c = summary["centred_box_iou"]
+        speed += (f" Mean IoU of the ALN's boxes with the centred box (side {c['fraction']:g}): "
+                  f"{c['paper_threshold']:.3f} (paper threshold), {c['best_tuned']:.3f} (best tuned strategy).")
     head = (f"Localisation accuracy (higher is better) on {n['eval_scored']} evaluation images; {tuning}. "
             "GT-known: best IoU >= 0.5 with a true box; top-1: that and the class right (ALN Sec. 3.1), with "
             f"the method's own classifier (Metric 1) or with the stronger classifier (Metric 2).{speed}\n\n")

@@ -1,7 +1,8 @@
 """The two networks of the Adversarial Localization Network (Fan, Zhao, Ermon), in Flax NNX. Inputs are NHWC.
 
-``CorruptionNet`` (Sec. 2.1): a strided convolutional encoder, a fully connected bottleneck (global information),
-and a transposed-convolution ("deconvolution") decoder that adds the encoder's features at each matching resolution
+``CorruptionNet`` (Sec. 2.1): a strided convolutional encoder (trained from scratch, or a trained VGG19_bn's
+features), a fully connected bottleneck (global information, optionally class-conditional), and a
+transposed-convolution ("deconvolution") decoder that adds the encoder's features at each matching resolution
 (the paper's "residual connections", which carry the edges the bottleneck loses); one occlusion logit per pixel.
 The paper gives no layer sizes: the defaults in ``aln_jax/config.py`` are ours, sized for a 64x64 input.
 ``Classifier`` (Sec. 3.3): the paper's simple 4-layer convolutional network, a linear layer on its pooled features.
@@ -12,6 +13,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from perturb_jax.models.vgg import VGG19_CFG, FoldedVGG
 
 
 class Deconv2x(nnx.Module):
@@ -33,34 +36,85 @@ class Deconv2x(nnx.Module):
         return y.reshape(b, 2 * h, 2 * w, -1) + self.bias.value
 
 
-class CorruptionNet(nnx.Module):
-    """``__call__(x) -> (B, H, W)`` occlusion logits; ``sigmoid`` of them is the per-pixel probability of Sec. 2.
+class ConvEncoder(nnx.Module):
+    """The corruption network's encoder trained from scratch: a full-resolution 3x3 convolution to w1 channels, then
+    one stride-2 3x3 convolution per width; returns the features at H, H/2, ..., H/2^d (ReLU'd)."""
 
-    With widths (w1, ..., wd) the encoder runs a full-resolution convolution to w1 channels, then d stride-2
-    convolutions (to w1, ..., wd); the bottleneck maps the flattened (H/2^d, W/2^d, wd) features through
-    ``bottleneck`` units and back; each decoder stage doubles the resolution and adds the encoder's features there.
+    def __init__(self, widths: Sequence[int], *, rngs: nnx.Rngs):
+        self.channels = (widths[0], *widths)  # per resolution: H, H/2, ..., H/2^d
+        self.stem = nnx.Conv(3, widths[0], (3, 3), padding="SAME", rngs=rngs)
+        self.down = nnx.List([nnx.Conv(self.channels[k], self.channels[k + 1], (3, 3), strides=(2, 2),
+                                       padding="SAME", rngs=rngs) for k in range(len(widths))])
+
+    def __call__(self, x: jax.Array) -> list[jax.Array]:
+        skips = [nnx.relu(self.stem(x))]
+        for conv in self.down:
+            skips.append(nnx.relu(conv(skips[-1])))
+        return skips
+
+
+class VGGEncoder(nnx.Module):
+    """The encoder initialised from a trained VGG19_bn's features (batch norms folded, ``FoldedVGG``): its first
+    ``depth + 1`` blocks, returning each block's output before its max-pool, at H, H/2, ..., H/2^depth."""
+
+    def __init__(self, vgg: FoldedVGG, depth: int):
+        sizes, count = [], 0
+        for v in VGG19_CFG:
+            sizes, count = (sizes + [count], 0) if v == "M" else (sizes, count + 1)
+        sizes = sizes[:depth + 1]
+        self.block_sizes = tuple(sizes)
+        self.convs = nnx.List(list(vgg.convs)[:sum(sizes)])
+        self.channels = tuple(self.convs[sum(sizes[:k + 1]) - 1].out_features for k in range(depth + 1))
+
+    def __call__(self, x: jax.Array) -> list[jax.Array]:
+        skips, k = [], 0
+        for i, size in enumerate(self.block_sizes):
+            if i:
+                x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+            for _ in range(size):
+                x = nnx.relu(self.convs[k](x))
+                k += 1
+            skips.append(x)
+        return skips
+
+
+class CorruptionNet(nnx.Module):
+    """``__call__(x, labels=None) -> (B, H, W)`` occlusion logits; their ``sigmoid`` is the per-pixel probability of
+    Sec. 2.
+
+    The encoder (``ConvEncoder`` of ``widths``, or ``VGGEncoder`` of ``vgg`` with ``len(widths)`` halvings) gives
+    features at H, H/2, ..., H/2^d; the bottleneck maps the flattened deepest features through ``bottleneck`` units
+    and back; each decoder stage doubles the resolution and adds the encoder's features there. With
+    ``num_classes`` > 0 the network is class-conditional (Dabkowski & Gal's class selector): an embedding of the
+    class is added to the bottleneck's units, and ``labels`` must be given. With ``freeze_encoder`` the encoder's
+    features are constants of training (no gradient reaches its weights).
     """
 
-    def __init__(self, image_size: int, widths: Sequence[int], bottleneck: int, *, rngs: nnx.Rngs):
+    def __init__(self, image_size: int, widths: Sequence[int], bottleneck: int, *, num_classes: int = 0,
+                 vgg: FoldedVGG | None = None, freeze_encoder: bool = False, rngs: nnx.Rngs):
         depth = len(widths)
-        channels = (widths[0], *widths)  # per resolution: H, H/2, ..., H/2^d
+        self.freeze_encoder = freeze_encoder
+        self.encoder = ConvEncoder(widths, rngs=rngs) if vgg is None else VGGEncoder(vgg, depth)
+        channels = self.encoder.channels
         self.side = image_size // 2 ** depth
-        self.stem = nnx.Conv(3, channels[0], (3, 3), padding="SAME", rngs=rngs)
-        self.down = nnx.List([nnx.Conv(channels[k], channels[k + 1], (3, 3), strides=(2, 2), padding="SAME",
-                                       rngs=rngs) for k in range(depth)])
         flat = self.side * self.side * channels[-1]
         self.fc_in = nnx.Linear(flat, bottleneck, rngs=rngs)
+        self.embed = nnx.Embed(num_classes, bottleneck, rngs=rngs) if num_classes else None
         self.fc_out = nnx.Linear(bottleneck, flat, rngs=rngs)
         self.up = nnx.List([Deconv2x(channels[k + 1], channels[k], rngs=rngs) for k in reversed(range(depth))])
         self.head = nnx.Conv(channels[0], 1, (3, 3), padding="SAME", rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        skips = [nnx.relu(self.stem(x))]
-        for conv in self.down:
-            skips.append(nnx.relu(conv(skips[-1])))
+    def __call__(self, x: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+        skips = self.encoder(x)
+        if self.freeze_encoder:  # no gradient reaches the encoder: its weights stay (Adam's update of 0 is 0)
+            skips = jax.lax.stop_gradient(skips)
         h = skips[-1]
-        g = nnx.relu(self.fc_in(h.reshape(h.shape[0], -1)))
-        h = nnx.relu(self.fc_out(g)).reshape(h.shape) + h
+        g = self.fc_in(h.reshape(h.shape[0], -1))
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("a class-conditional corruption network needs the labels (aln.class_conditional)")
+            g = g + self.embed(labels)
+        h = nnx.relu(self.fc_out(nnx.relu(g))).reshape(h.shape) + h
         for conv, skip in zip(self.up, reversed(skips[:-1])):
             h = nnx.relu(conv(h) + skip)
         return self.head(h)[..., 0]

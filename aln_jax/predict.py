@@ -31,11 +31,13 @@ def make_predict_fn(config, corruption_def: nnx.GraphDef, classifier_def: nnx.Gr
     @jax.jit
     def predict(params, images, segments):
         x = step_lib.normalise(images, s)
-        prob = jax.nn.sigmoid(nnx.merge(corruption_def, params["corruption"])(x))
+        logits = nnx.merge(classifier_def, params["classifier"])(x)
+        # class-conditional: the ALN classifier's predicted class selects the object (Dabkowski & Gal).
+        labels = jnp.argmax(logits, -1) if s.class_conditional else None
+        prob = masking.occlusion_probability(nnx.merge(corruption_def, params["corruption"])(x, labels), s.logit_bound)
         if segments is not None:
             means = jax.vmap(masking.segment_means, (0, 0, None))(prob, segments, s.num_segments)
             prob = jnp.take_along_axis(means, segments.reshape(len(means), -1), 1).reshape(prob.shape)
-        logits = nnx.merge(classifier_def, params["classifier"])(x)
         masked = jnp.where(prob[..., None] >= 0.5, jnp.asarray(fill, jnp.float32), images.astype(jnp.float32))
         return dict(prob=prob, logits=logits, masked=jnp.clip(jnp.round(masked), 0, 255).astype(jnp.uint8))
 

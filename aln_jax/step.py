@@ -6,7 +6,8 @@ style): each device takes its slice of the global batch, gradients are averaged 
 correct predictions summed with ``psum``, so every device takes the same training decision and holds the same state.
 
 Per step, with the classifier's accuracy ``acc`` on this global batch of corrupted images (before the update):
-  corruption loss  = mean over images of [c_top - mean_{j != top} c_j] + lambda_reg * mean occluded fraction
+  corruption loss  = mean over images of the objective (``train.objective``, ``aln_jax.objectives``; Eq. (1):
+                     c_top - mean_{j != top} c_j) + lambda_reg * mean occluded fraction
   classifier loss  = softmax cross-entropy with the true label on the corrupted image (minimised; the paper's
                      "maximise" is a typo: the classifier must keep recognising corrupted images)
   the corruption network always takes an Adam step on its loss;
@@ -30,7 +31,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec as P
 
-from aln_jax import masking
+from aln_jax import masking, objectives
 
 AXIS = "data"
 
@@ -41,6 +42,12 @@ class Settings:
 
     num_segments: int
     fill_value: float
+    fill: str
+    fill_sigma: float
+    objective: str
+    preserve_weight: float
+    class_conditional: bool
+    logit_bound: float
     target_accuracy: float
     lambda_rate: float
     lambda_min: float
@@ -54,7 +61,9 @@ class Settings:
     @classmethod
     def from_config(cls, c) -> "Settings":
         t = c.train
-        return cls(int(c.slic.max_segments), float(c.aln.fill_value), float(t.target_accuracy),
+        return cls(int(c.slic.max_segments), float(c.aln.fill_value), str(c.aln.fill), float(c.aln.fill_sigma),
+                   str(t.objective), float(t.preserve_weight), bool(c.aln.class_conditional), float(t.logit_bound),
+                   float(t.target_accuracy),
                    float(t.lambda_rate), float(t.lambda_min), float(t.lambda_max), bool(t.freeze_classifier),
                    int(t.classifier_pretrain_steps), float(t.classifier_clean_weight),
                    tuple(float(v) for v in c.model.mean), tuple(float(v) for v in c.model.std))
@@ -65,10 +74,20 @@ def normalise(images: jax.Array, s: Settings) -> jax.Array:
     return (images.astype(jnp.float32) / 255.0 - jnp.asarray(s.mean)) / jnp.asarray(s.std)
 
 
-def confusion_loss(logits: jax.Array) -> jax.Array:
-    """Eq. (1) per image: the top logit minus the mean of the other K - 1 logits (0 when all are equal)."""
-    top = jnp.max(logits, axis=-1)
-    return top - (jnp.sum(logits, axis=-1) - top) / (logits.shape[-1] - 1)
+def corruption_objective(classifier, images: jax.Array, masks: jax.Array, labels: jax.Array, keys: jax.Array,
+                         s: Settings) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(per-image objective, logits on the occluded images, the occluded images) of 0/1 ``masks`` (B, H, W):
+    the occluded pixels filled per ``s.fill`` (each image's fill drawn from its key), and for objectives that need
+    it the classifier's pass on the kept images (everything but the mask filled) in the same call."""
+    fills = jax.vmap(lambda x, k: masking.fill(x, s.fill, s.fill_value, s.fill_sigma, jax.random.fold_in(k, 1)))(
+        images, keys)
+    occluded = masking.corrupt(images, masks, fills)
+    if objectives.needs_kept_image(s.objective):
+        logits, kept = jnp.split(classifier(jnp.concatenate([occluded, masking.corrupt(images, 1 - masks, fills)])),
+                                 2)
+    else:
+        logits, kept = classifier(occluded), None
+    return objectives.per_image(s.objective, logits, labels, kept, s.preserve_weight), logits, occluded
 
 
 def adapt(lambda_reg: jax.Array, accuracy: jax.Array, s: Settings) -> tuple[jax.Array, jax.Array]:
@@ -144,12 +163,12 @@ def make_train_step(corruption_def: nnx.GraphDef, classifier_def: nnx.GraphDef, 
         classifier = nnx.merge(classifier_def, state["classifier"]["params"])
 
         def corruption_loss(params_c):
-            probs = jax.nn.sigmoid(nnx.merge(corruption_def, params_c)(images))
+            net = nnx.merge(corruption_def, params_c)
+            probs = masking.occlusion_probability(net(images, labels if s.class_conditional else None), s.logit_bound)
             masks = jax.vmap(masking.superpixel_mask, (0, 0, 0, None))(probs, segments, keys, s.num_segments)
-            corrupted = masking.corrupt(images, masks, s.fill_value)
-            logits = classifier(corrupted)
+            per_image, logits, corrupted = corruption_objective(classifier, images, masks, labels, keys, s)
             area = jnp.mean(masks)
-            loss = jnp.mean(confusion_loss(logits)) + state["lambda_reg"] * area
+            loss = jnp.mean(per_image) + state["lambda_reg"] * area
             return loss, (logits, corrupted, area, jnp.mean(probs))
 
         params_c = state["corruption"]["params"]

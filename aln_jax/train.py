@@ -21,7 +21,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from aln_jax import config as config_lib, data, evaluate, metrics_writer, models, predict, step as step_lib
-from perturb_jax import checkpoint, sharding, workdir as workdir_lib
+import eval.datasets
+from perturb_jax import checkpoint, distributed, sharding, workdir as workdir_lib
 from perturb_jax.models import vgg
 from perturb_jax.config import ConfigError
 
@@ -38,12 +39,14 @@ class NonFiniteLossError(FloatingPointError):
 def build_models(config: ml_collections.ConfigDict, num_classes: int):
     """Both networks, initialised from ``config.seed`` (the same on every process)."""
     a = config.aln
+    encoder = None if a.encoder == "scratch" else vgg.folded(checkpoint.load_model(a.encoder))
     corruption = models.CorruptionNet(a.image_size, a.corruption_widths, a.bottleneck,
-                                      rngs=nnx.Rngs(config.seed))
+                                      num_classes=num_classes if a.class_conditional else 0, vgg=encoder,
+                                      freeze_encoder=a.freeze_encoder, rngs=nnx.Rngs(config.seed))
     if a.classifier == "small":
         classifier = models.Classifier(num_classes, a.classifier_widths, a.image_size, rngs=nnx.Rngs(config.seed + 1))
     else:
-        classifier = vgg.FoldedVGG(checkpoint.load_model(a.classifier))
+        classifier = vgg.folded(checkpoint.load_model(a.classifier))
         if classifier.fc[-1].out_features != num_classes:
             raise ConfigError(f"config.aln.classifier: {a.classifier} has {classifier.fc[-1].out_features} classes, "
                               f"{config.data.name} has {num_classes}; give a checkpoint trained on it or 'small'")
@@ -52,6 +55,13 @@ def build_models(config: ml_collections.ConfigDict, num_classes: int):
 
 def optimisers(config: ml_collections.ConfigDict):
     return optax.adam(config.train.corruption_learning_rate), optax.adam(config.train.classifier_learning_rate)
+
+
+def check_splits(config) -> None:
+    """Every split of the run must select examples of the data (the embedded data is generated here if missing)."""
+    for field in ("train_split", "tune_split", "eval_split"):
+        if config.data[field]:
+            eval.datasets.check_split(config.data, config.data[field], f"data.{field}")
 
 
 def check_workdir(config, workdir: str) -> None:
@@ -182,6 +192,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Validates, trains (or resumes), then evaluates the trained networks; returns the evaluation summary."""
     config_lib.validate(config, jax.device_count(), jax.process_count())
+    distributed.collectively(lambda: check_splits(config), lead_first=True)  # before 30 minutes of training
     check_workdir(config, workdir)
     state = train(config, workdir)
     corruption, classifier = build_models(config, NUM_CLASSES[config.data.name])

@@ -6,15 +6,31 @@ from absl import flags
 
 
 def parse_flags(argv):
-    """absl's parsing, with a misspelt or ill-typed config field reported in one line instead of a traceback."""
+    """absl's parsing, with a misspelt or ill-typed config field, or a config file's own ``ConfigError`` (an unknown
+    variant), reported in one line instead of a traceback."""
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
+        own = _innermost_config_error(e)
+        if own is not None:
+            raise SystemExit(f"error: {' '.join(str(own).split())}") from None
         text = str(e)
         if text[:1] in "'\"":  # config_flags wraps a KeyError's repr in an AttributeError
             text = ast.literal_eval(text)
         message = " ".join(text.split())
         raise SystemExit(f"error: bad flag or config field: {message}") from None
+
+
+def _innermost_config_error(error: BaseException) -> BaseException | None:
+    """The innermost ``ConfigError`` in ``error``'s chain (config_flags re-raises a config file's with the traceback
+    as its message, and absl wraps that), or None."""
+    from perturb_jax.config import ConfigError  # noqa: PLC0415
+
+    found = None
+    while error is not None:
+        found = error if isinstance(error, ConfigError) else found
+        error = error.__cause__ or error.__context__
+    return found
 
 
 def run_job(job, config_help: str, workdir_help: str, errors: tuple = ()) -> None:

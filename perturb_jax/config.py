@@ -13,6 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
+import eval.datasets
 from perturb_jax import methods, objective, optimize, perturb
 from perturb_jax.models.vgg import LAYER_NAMES, NUM_RELUS
 
@@ -133,6 +134,7 @@ def _imagenet(c: ml_collections.ConfigDict) -> None:
     c.model.checkpoint = ""  # required: python -m perturb_jax.convert_weights writes it.
     c.model.mean, c.model.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     c.data.name = "imagenet2012"
+    c.data.builder_config = ""  # clutter_shapes only.
     c.data.image_size = 224
     c.data.eval_split = "validation[:1000]"  # paper Sec. 3, ordered by file name.
     c.data.tune_split = "validation[1000:1500]"  # our choice: disjoint held-out images for the thresholds.
@@ -235,6 +237,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None, num_p
 
     d = c.data
     _choice("data.name", d.name, DATASETS)
+    eval.datasets.check_builder_config(d)
     _choice("data.eval_resolution", d.eval_resolution, EVAL_RESOLUTIONS)
     if d.image_size < 32:
         _fail("data.image_size", f"must be >= 32 (VGG19_bn halves it five times), got {d.image_size}")

@@ -218,9 +218,10 @@ def explain_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
     distributed.initialize(config.distributed)
     config_lib.validate(config)
     lead = jax.process_index() == 0
-    _prepare_workdir(config, workdir)
     splits = {name: split for name, split in zip(SPLITS, (config.data.tune_split, config.data.eval_split)) if split}
-    counts = distributed.collectively(  # missing data fails here; process 0 generates the embedded data first
+    distributed.collectively(lambda: _check_splits(config, splits), lead_first=True)  # before the workdir is bound
+    _prepare_workdir(config, workdir)
+    counts = distributed.collectively(  # missing data fails here
         lambda: {name: eval.datasets.load(config.data, split)[1] for name, split in splits.items()}, lead_first=True)
     model = distributed.collectively(
         lambda: checkpoint.load_model(config.model.checkpoint, how_to_make=_how_to_make(config)))
@@ -238,6 +239,12 @@ def explain_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dic
         shared = json.loads(distributed.allgather_bytes(json.dumps(summary).encode() if lead else b"")[0])
         summary = summary if lead else shared
     return summary
+
+
+def _check_splits(config, splits: dict) -> None:
+    """Each split must select examples of the data (process 0 generates the embedded data first)."""
+    for name, split in splits.items():
+        eval.datasets.check_split(config.data, split, f"data.{name}_split")
 
 
 def _score_and_report(config, workdir: str) -> dict:

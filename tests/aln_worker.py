@@ -29,7 +29,7 @@ def flat(state) -> dict:
 
 
 def steps(out: str, num_steps: int = 3) -> None:
-    c = config_lib.get_config("tiny")
+    c = config_lib.get_config("paper,tiny")
     c.train.classifier_pretrain_steps = 1
     c.train.target_accuracy = 0.3
     corruption, classifier = train.build_models(c, 10)
@@ -53,7 +53,7 @@ def steps(out: str, num_steps: int = 3) -> None:
 
 
 def train_job(workdir: str, out: str, args: list[str]) -> None:
-    c = config_lib.get_config("tiny")
+    c = config_lib.get_config("paper,tiny")
     sets = [a.split("=", 1) for a in args if "=" in a]
     positional = [a for a in args if "=" not in a]
     if positional:

@@ -57,7 +57,7 @@ def _data():
 
 
 def _config(**eval_fields):
-    c = config_lib.get_config("tiny")
+    c = config_lib.get_config("paper,tiny")
     for k, v in eval_fields.items():
         c.eval[k] = v
     return c
@@ -225,7 +225,7 @@ def test_ablation_figure_size(tmp_path):
 
 
 def test_evaluate_end_to_end_on_tiny_clutter_shapes(tmp_path):
-    config = config_lib.get_config("tiny")
+    config = config_lib.get_config("paper,tiny")
     examples, _ = eval.datasets.load(config.data, config.data.eval_split)
     truth = list(examples)
     by_image = {ex["image"].tobytes(): ex for ex in truth}
@@ -248,3 +248,10 @@ def test_evaluate_end_to_end_on_tiny_clutter_shapes(tmp_path):
     assert skio.imread(out / "figure.png").shape[:2] == (16 + 4 * (192 + 4), (4 * 32 + 6) * 6 + 4)
     ids = [r["image_id"] for r in json.loads((out / "results.json").read_text())["per_image"] if r["split"] == "eval"]
     assert ids == [ex["image_id"] for ex in truth]
+
+
+def test_centred_box_iou_by_hand():
+    centred = [5, 5, 14, 14]  # side 0.5 of a 20x20 image: rows and columns 5-14
+    assert evaluate.centred_box_iou(np.array([centred, [0, 0, 4, 4]]), [(20, 20)] * 2, 0.5) == 0.5  # 1 and 0
+    # rows 5-14, columns 10-19: 50 of the 100 + 100 - 50 pixels
+    assert abs(evaluate.centred_box_iou(np.array([[5, 10, 14, 19]]), [(20, 20)], 0.5) - 50 / 150) < 1e-12

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from aln_jax import config as config_lib, masking, models, step as step_lib
+from aln_jax import config as config_lib, masking, models, objectives, step as step_lib
 
 
 @pytest.mark.parametrize("p", [0.03, 0.3, 0.5, 0.9])
@@ -63,11 +63,11 @@ def test_superpixel_mask_is_constant_on_each_superpixel_and_follows_p():
 
 def test_confusion_loss_eq1():
     logits = jnp.array([[3.0, 1.0, 2.0], [0.5, 0.5, 0.5]])
-    np.testing.assert_allclose(np.asarray(step_lib.confusion_loss(logits)), [3 - 1.5, 0.0])
+    np.testing.assert_allclose(np.asarray(objectives.confusion(logits)), [3 - 1.5, 0.0])
 
 
 def _settings(**kw):
-    c = config_lib.get_config("tiny")
+    c = config_lib.get_config("paper,tiny")
     for k, v in kw.items():
         c.train[k] = v
     return step_lib.Settings.from_config(c)
@@ -108,7 +108,7 @@ def test_models_shapes():
 
 
 def _one_step(freeze: bool, target: float, pretrain: int = 0):
-    c = config_lib.get_config("tiny")
+    c = config_lib.get_config("paper,tiny")
     c.train.freeze_classifier, c.train.target_accuracy, c.train.classifier_pretrain_steps = freeze, target, pretrain
     corruption = models.CorruptionNet(32, c.aln.corruption_widths, c.aln.bottleneck, rngs=nnx.Rngs(0))
     classifier = models.Classifier(10, c.aln.classifier_widths, 32, rngs=nnx.Rngs(1))
@@ -149,6 +149,7 @@ def test_step_trains_what_the_rule_says():
 
 @pytest.mark.slow  # 30 s idle (2026-12-07): the second CI step
 def test_folded_vgg_gives_the_logits_of_vgg_in_eval_mode():
+    from perturb_jax.models import vgg as vgg_lib  # noqa: PLC0415
     from perturb_jax.models.vgg import VGG19BN, FoldedVGG  # noqa: PLC0415
     vgg = VGG19BN(10, 16, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
@@ -162,6 +163,9 @@ def test_folded_vgg_gives_the_logits_of_vgg_in_eval_mode():
     expected = np.asarray(vgg(x)[0])
     folded = FoldedVGG(vgg)
     np.testing.assert_allclose(np.asarray(folded(x)), expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    compiled = vgg_lib.folded(vgg)  # the same folding in one compiled call
+    np.testing.assert_allclose(np.asarray(compiled(x)), np.asarray(folded(x)), rtol=1e-5,
+                               atol=1e-6 * np.abs(expected).max())
     assert all(isinstance(v, nnx.Param) for _, v in nnx.iter_graph(folded) if isinstance(v, nnx.Variable))
 
 
@@ -178,14 +182,12 @@ class _RegionClassifier(nnx.Module):
 
 
 def test_per_image_masks_find_the_segment_the_classifier_uses():
-    from aln_jax import per_image  # noqa: PLC0415
+    from aln_jax import diagnose  # noqa: PLC0415
     graphdef, params = nnx.split(_RegionClassifier())
-    x = jnp.ones((2, 32, 32, 3))
-    segments = jnp.tile(jnp.repeat(jnp.arange(4, dtype=jnp.int32), 256).reshape(32, 32), (2, 1, 1))
-    tx = optax.adam(0.1)
-    theta = jnp.zeros((2, 4))
-    opt, step = tx.init(theta), per_image.make_mask_step(graphdef, tx, 0.0)
-    for i in range(150):
-        theta, opt, _ = step(theta, opt, params, x, segments, jnp.zeros(2, jnp.int32), 0.5, jax.random.key(i))
+    s = _settings(objective="confusion")
+    images = np.full((2, 32, 32, 3), 255, np.uint8)  # normalised: 2 everywhere
+    segments = np.tile(np.repeat(np.arange(4, dtype=np.int32), 256).reshape(32, 32), (2, 1, 1))
+    theta = diagnose.optimise_masks(lambda p, x: nnx.merge(graphdef, p)(x), params, images, np.zeros(2, np.int32),
+                                    segments, np.zeros((2, s.num_segments)), s, 0.5, 150)[:, :4]
     p = np.asarray(jax.nn.sigmoid(theta))
     assert (p[:, 0] > 0.9).all() and (p[:, 1:] < 0.1).all(), p

@@ -85,7 +85,7 @@ def test_two_processes_train_and_hold_identical_parameters(tmp_path):
     a, b = _load(tmp_path / "p0.npz"), _load(tmp_path / "p1.npz")
     assert int(a["processes"]) == 2 and int(a["devices"]) == 4
     _assert_same_state(a, b)
-    assert int(a["['step']"]) == config_lib.get_config("tiny").num_steps
+    assert int(a["['step']"]) == config_lib.get_config("paper,tiny").num_steps
     assert os.path.isdir(os.path.join(work, "checkpoints", str(int(a["['step']"]))))
 
 
@@ -141,7 +141,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 def test_bad_configs_fail_in_one_line():
     def fails(field, **kw):
-        c = config_lib.get_config("tiny")
+        c = config_lib.get_config("paper,tiny")
         for k, v in kw.items():
             group, leaf = k.split("__") if "__" in k else ("", k)
             (c[group] if group else c)[leaf] = v
@@ -156,7 +156,7 @@ def test_bad_configs_fail_in_one_line():
     fails("slic.n_segments", slic__n_segments=300)
     fails("data.tune_split", data__tune_split="validation[:10]")
     fails("aln.classifier", aln__classifier="/no/such/checkpoint")
-    c = config_lib.get_config("tiny")
+    c = config_lib.get_config("paper,tiny")
     with pytest.raises(ConfigError, match="batch_size"):
         config_lib.validate(c, 3, 1)
     with pytest.raises(ConfigError, match="batch_size"):
@@ -175,7 +175,7 @@ def test_classifier_checkpoint_of_other_classes_is_refused():
 def test_checkpoint_of_other_shapes_is_refused(tmp_path):
     work = str(tmp_path / "w")
     _finish(_run(["train", work, str(tmp_path / "a.npz"), "num_steps=3"]))
-    c = config_lib.get_config("tiny")
+    c = config_lib.get_config("paper,tiny")
     c.aln.bottleneck = 24
     os.remove(os.path.join(work, "config.json"))  # past the fingerprint: the shapes must still be checked
     with pytest.raises(ConfigError, match="does not fit the config"):
@@ -184,7 +184,7 @@ def test_checkpoint_of_other_shapes_is_refused(tmp_path):
 
 def test_full_train_and_evaluate_cycle_on_tiny_data(tmp_path):
     work = str(tmp_path / "aln")
-    proc = subprocess.run([sys.executable, "-m", "aln_jax.main", "--config=configs/aln.py:tiny", f"--workdir={work}"],
+    proc = subprocess.run([sys.executable, "-m", "aln_jax.main", "--config=configs/aln.py:paper,tiny", f"--workdir={work}"],
                           env=_env(1), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("metrics.jsonl", "learning_curves.png", "config.json", "eval/table.md", "eval/results.json",
@@ -196,13 +196,13 @@ def test_full_train_and_evaluate_cycle_on_tiny_data(tmp_path):
         summary = json.load(f)["summary"]
     assert summary["num_images"]["eval"] == 16
     png = str(tmp_path / "ablation.png")
-    ablation = subprocess.run([sys.executable, "-m", "aln_jax.ablation", "--config=configs/aln.py:tiny",
+    ablation = subprocess.run([sys.executable, "-m", "aln_jax.ablation", "--config=configs/aln.py:paper,tiny",
                                f"--workdirs={work},{work}", f"--out={png}", "--num_images=3"], env=_env(1), cwd=ROOT,
                               capture_output=True, text=True, timeout=600)
     assert ablation.returncode == 0, ablation.stderr[-3000:]
     assert ablation.stdout.count("(step 6): occluded area") == 2 and os.path.getsize(png) > 0
     shutil.rmtree(os.path.join(work, "eval"))
-    again = subprocess.run([sys.executable, "-m", "aln_jax.main", "--config=configs/aln.py:tiny",
+    again = subprocess.run([sys.executable, "-m", "aln_jax.main", "--config=configs/aln.py:paper,tiny",
                             f"--workdir={work}", "--config.aln.bottleneck=8"], env=_env(1), cwd=ROOT,
                            capture_output=True, text=True, timeout=600)
     last = again.stderr.strip().splitlines()[-1]
@@ -212,7 +212,7 @@ def test_full_train_and_evaluate_cycle_on_tiny_data(tmp_path):
 def test_distributed_config_errors_are_one_line():
     from perturb_jax import distributed  # noqa: PLC0415
 
-    c = config_lib.get_config("tiny").distributed
+    c = config_lib.get_config("paper,tiny").distributed
     c.coordinator_address = "127.0.0.1:1"
     with pytest.raises(ConfigError, match="num_processes >= 1 and distributed.process_id >= 0"):
         distributed.initialize(c)
@@ -223,7 +223,7 @@ def test_distributed_config_errors_are_one_line():
 
 def test_unreachable_coordinator_fails_within_the_timeout(tmp_path):
     code = ("import sys; from aln_jax import config; from perturb_jax import distributed\n"
-            "c = config.get_config('tiny').distributed\n"
+            "c = config.get_config('paper,tiny').distributed\n"
             "c.coordinator_address, c.num_processes, c.process_id = '127.0.0.1:%d', 2, 1\n"
             "c.initialization_timeout = 5\n"
             "try:\n    distributed.initialize(c)\nexcept Exception as e:\n    print('ERR', e); sys.exit(3)\n"

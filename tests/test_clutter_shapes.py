@@ -1,11 +1,15 @@
 """Tests of the embedded clutter_shapes benchmark: rendering, the TFDS builder and its loader."""
 
+import zlib
+
 import ml_collections
 import numpy as np
 import pytest
 from skimage import draw
 
+import eval.datasets
 from eval.datasets import clutter_shapes, embedded
+from perturb_jax.config import ConfigError
 
 
 def _reference_box(mask):
@@ -32,6 +36,77 @@ def test_render_is_deterministic_per_seed_split_and_index():
     assert first["label"] == again["label"]
     for other in [(64, 8, "train", 3), (64, 7, "validation", 3), (64, 7, "train", 4)]:
         assert not np.array_equal(clutter_shapes.render(*other)["image"], first["image"])
+
+
+# (size, split, index): label, box, crc32 of the image bytes and of the packed mask, rendered before the plain
+# config existed; other results depend on the default and tiny examples staying byte-identical.
+_RENDERS = {
+    (64, "train", 0): (8, (18, 37, 37, 59), 2536750145, 3785585804),
+    (64, "train", 7): (9, (27, 15, 62, 50), 71113145, 3137611637),
+    (64, "validation", 0): (5, (17, 10, 56, 47), 2186194382, 3426344596),
+    (64, "validation", 1234): (3, (30, 27, 59, 56), 813284947, 4111679570),
+    (32, "train", 3): (7, (8, 6, 23, 20), 3701373010, 2051576411),
+    (32, "validation", 31): (1, (12, 15, 22, 26), 2892008444, 2959148790),
+}
+
+
+@pytest.mark.parametrize("key", list(_RENDERS))
+def test_default_and_tiny_renders_are_unchanged(key):
+    example = clutter_shapes.render(key[0], 0, *key[1:])
+    got = (example["label"], tuple(int(v) for v in example["box"]), zlib.crc32(example["image"].tobytes()),
+           zlib.crc32(np.packbits(example["mask"]).tobytes()))
+    assert got == _RENDERS[key]
+
+
+def test_plain_render_is_deterministic_per_seed_split_and_index():
+    first, again = (clutter_shapes.render(64, 7, "train", 3, clutter=False) for _ in range(2))
+    for key in ("image", "mask", "box"):
+        np.testing.assert_array_equal(first[key], again[key])
+    assert first["label"] == again["label"]
+    for other in [(64, 8, "train", 3), (64, 7, "validation", 3), (64, 7, "train", 4)]:
+        assert not np.array_equal(clutter_shapes.render(*other, clutter=False)["image"], first["image"])
+
+
+def _background_and_noise_only_around_the_object(example, index):
+    """Whether the image outside the object is exactly its smooth background plus its noise, the background being
+    the smooth field that the generator of validation example ``index`` draws right after the label (recomputed)."""
+    rng = clutter_shapes.example_rng(0, "validation", index)
+    rng.integers(len(clutter_shapes.CLASS_NAMES))
+    np.testing.assert_array_equal(example["background"], clutter_shapes._smooth_field(rng, 64))
+    expected = np.clip((example["background"] + example["noise"]) * 255 + 0.5, 0, 255).astype(np.uint8)
+    outside = ~example["mask"]
+    return np.array_equal(example["image"][outside], expected[outside])
+
+
+def test_plain_images_have_no_clutter():
+    for index in range(10):
+        plain = clutter_shapes.render(64, 0, "validation", index, clutter=False)
+        cluttered = clutter_shapes.render(64, 0, "validation", index)
+        assert _background_and_noise_only_around_the_object(plain, index)
+        assert not _background_and_noise_only_around_the_object(cluttered, index)  # the check sees clutter
+
+
+def test_plain_is_the_default_example_without_its_clutter():
+    for index in range(10):
+        plain = clutter_shapes.render(64, 0, "train", index, clutter=False)
+        cluttered = clutter_shapes.render(64, 0, "train", index)
+        assert plain["label"] == cluttered["label"]
+        for key in ("mask", "box", "background", "noise"):
+            np.testing.assert_array_equal(plain[key], cluttered[key])
+        assert not np.array_equal(plain["image"], cluttered["image"])
+        assert plain["box"].dtype == np.int32
+        np.testing.assert_array_equal(plain["box"], _reference_box(plain["mask"]))
+        pixels = plain["image"][plain["mask"]].astype(float)
+        assert pixels.std(0).max() < 0.06 * 255 + 1
+
+
+def test_builder_lists_plain():
+    configs = {c.name: c for c in clutter_shapes.ClutterShapes.BUILDER_CONFIGS}
+    assert sorted(configs) == ["default", "plain", "tiny"]
+    plain, default = configs["plain"], configs["default"]
+    assert not plain.clutter and default.clutter and configs["tiny"].clutter
+    assert (plain.image_size, plain.num_train, plain.num_validation, plain.seed) == (64, 20000, 2000, 0)
+    assert (default.image_size, default.num_train, default.num_validation, default.seed) == (64, 20000, 2000, 0)
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -90,21 +165,35 @@ def test_normalised_boxes_round_trip_to_pixels():
     np.testing.assert_array_equal(clutter_shapes.pixel_boxes(normalised, 64, 64), boxes)
 
 
-def test_tiny_dataset_stores_the_renders(tiny_config):
-    dataset_builder = embedded.builder(tiny_config)
-    assert dataset_builder.info.splits["train"].num_examples == 64
+def _assert_stores_renders(dataset_builder, size, num_validation, clutter=True):
     assert dataset_builder.info.features["label"].names == list(clutter_shapes.CLASS_NAMES)
     records = list(dataset_builder.as_dataset(split="validation").as_numpy_iterator())
-    assert len(records) == 32
+    assert len(records) == num_validation
     for index, record in enumerate(records):
-        example = clutter_shapes.render(32, 0, "validation", index)
+        example = clutter_shapes.render(size, 0, "validation", index, clutter)
         np.testing.assert_array_equal(record["image"], example["image"])
         np.testing.assert_array_equal(record["mask"][..., 0], example["mask"] * 255)
         assert record["label"] == example["label"]
         assert record["objects"]["bbox"].shape == (1, 4)
         np.testing.assert_array_equal(
-            clutter_shapes.pixel_boxes(record["objects"]["bbox"], 32, 32)[0],
+            clutter_shapes.pixel_boxes(record["objects"]["bbox"], size, size)[0],
             _reference_box(record["mask"][..., 0] == 255))
+
+
+def test_tiny_dataset_stores_the_renders(tiny_config):
+    dataset_builder = embedded.builder(tiny_config)
+    assert dataset_builder.info.splits["train"].num_examples == 64
+    _assert_stores_renders(dataset_builder, 32, 32)
+
+
+def test_a_config_without_clutter_stores_plain_renders(tmp_path):
+    config = clutter_shapes.ClutterShapesConfig(
+        name="small_plain", image_size=32, num_train=2, num_validation=4, clutter=False)
+    dataset_builder = clutter_shapes.ClutterShapes(config=config, data_dir=str(tmp_path))
+    dataset_builder.download_and_prepare()
+    _assert_stores_renders(dataset_builder, 32, 4, clutter=False)
+    image = next(dataset_builder.as_dataset(split="validation").as_numpy_iterator())["image"]
+    assert not np.array_equal(image, clutter_shapes.render(32, 0, "validation", 0)["image"])
 
 
 def test_load_yields_contract_examples(tiny_config):
@@ -179,3 +268,31 @@ def test_tf_dataset_batches_and_shuffles_deterministically(tiny_config):
     assert not np.array_equal(shuffled[0], labels)
     last = list(embedded.tf_dataset(tiny_config, "validation", 10, drop_remainder=True))
     assert len(last) == 3
+
+
+@pytest.mark.parametrize("split,message", [
+    ("validation[40:50]", "'validation[40:50]' goes beyond the end of its split"),
+    ("validation[10:5]", "'validation[10:5]' selects no example"),
+    ("validation[32:]", "'validation[32:]' selects no example"),
+    ("valid[:8]", "'valid[:8]' names the unknown split 'valid'"),
+    ("validation[:8", "'validation[:8' is not a TFDS split spec"),
+])
+def test_check_split_refuses_what_selects_no_examples(tiny_config, split, message):
+    with pytest.raises(ConfigError) as e:
+        eval.datasets.check_split(tiny_config, split, "data.eval_split")
+    text = str(e.value)
+    assert text.startswith(f"config.data.eval_split: {message}") and "\n" not in text
+    if "TFDS" not in text:
+        assert "64 examples in train, 32 examples in validation" in text
+
+
+def test_check_split_accepts_slices_within_the_data(tiny_config):
+    for split in ("validation[8:24]", "validation", "train[:10%]+validation[-4:]", "all"):
+        eval.datasets.check_split(tiny_config, split, "data.eval_split")
+
+
+def test_check_split_of_other_datasets_checks_the_syntax_only():
+    data = ml_collections.ConfigDict({"name": "imagenet2012", "manual_dir": "/nowhere"})
+    eval.datasets.check_split(data, "validation[5000:6000]", "data.tune_split")
+    with pytest.raises(ConfigError, match=r"^config.data.tune_split: 'validation\[:' is not a TFDS split spec"):
+        eval.datasets.check_split(data, "validation[:", "data.tune_split")

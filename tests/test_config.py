@@ -9,6 +9,7 @@ import sys
 import ml_collections
 import pytest
 
+import eval.datasets
 from perturb_jax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,6 +95,44 @@ def test_batch_that_does_not_divide_over_devices_fails_before_compiling():
 def test_unknown_variant():
     with pytest.raises(config_lib.ConfigError, match="variant 'imagenett' is unknown"):
         config_lib.get_config("imagenett")
+
+
+def test_unknown_variant_on_the_command_line_is_its_own_one_line_error():
+    """config_flags wraps the variant's ConfigError in a traceback; the command line shows the error alone."""
+    from aln_jax import config as aln_config
+
+    commands = {
+        ("aln_jax.main", "configs/aln.py:tinyy"): f"error: config variant 'tinyy' is unknown; known: "
+                                                  f"{sorted(aln_config.VARIANTS)}",
+        ("perturb_jax.main", "configs/guided.py:bogus"): "error: config variant 'bogus' is unknown; known: ['', "
+                                                         "'cub', 'folder', 'imagenet', 'tiny']",
+    }
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = {key: subprocess.Popen([sys.executable, "-m", key[0], f"--config={key[1]}", "--workdir=/tmp/x"], cwd=ROOT,
+                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for key in commands}
+    for key, proc in procs.items():
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        assert err.strip().splitlines()[-1] == commands[key]
+        assert "Traceback" not in err
+
+
+def test_builder_config_must_be_one_of_the_dataset():
+    c = config_lib.get_config()
+    c.data.builder_config = "plainn"
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.validate(c)
+    assert str(e.value) == ("config.data.builder_config: clutter_shapes has no config 'plainn'; use one of "
+                            "['default', 'plain', 'tiny']")
+    c.data.builder_config, c.data.name, c.data.manual_dir, c.data.boxes = "default", "imagenet2012", "/i", "/b"
+    with pytest.raises(config_lib.ConfigError, match=r"^config.data.builder_config: imagenet2012 has no builder "
+                                                     r"configs, got 'default'; leave it empty"):
+        config_lib.validate(c)
+    for variant in ("", "tiny", "imagenet", "cub", "folder"):
+        eval.datasets.check_builder_config(config_lib.get_config(variant).data)
+    c.data.builder_config = ""
+    eval.datasets.check_builder_config(c.data)
 
 
 def _set(c, field, value):

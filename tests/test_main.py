@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import runpy
 import shutil
 
@@ -131,6 +132,20 @@ def test_a_label_the_model_does_not_have_is_refused_before_compiling(tiny, tmp_p
     with pytest.raises(ConfigError, match=r"config.target: ground_truth label \d+ of validation_\d+ is not one of "
                                           r"the model's 2 classes"):
         explain.explain_and_evaluate(bad, str(tmp_path / "w"))
+
+
+@pytest.mark.parametrize("field,split,message", [
+    ("eval_split", "validation[40:50]", "goes beyond the end of its split"),
+    ("tune_split", "validation[5:5]", "selects no example"),
+])
+def test_a_split_without_examples_is_refused_before_the_workdir(tiny, tmp_path, field, split, message):
+    config, _ = tiny
+    bad = config.copy_and_resolve_references()
+    bad.data[field] = split
+    where = r"\(clutter_shapes/tiny has 64 examples in train, 32 examples in validation\)"
+    with pytest.raises(ConfigError, match=rf"^config.data.{field}: {re.escape(repr(split))} {message} {where}"):
+        explain.explain_and_evaluate(bad, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
 
 
 def test_workdir_of_another_config_is_refused(tiny):

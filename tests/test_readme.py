@@ -25,3 +25,11 @@ def test_ci_installs_what_the_readme_says():
         ci = [re.sub(r"\s-q\b", "", line.strip()) for line in f if line.startswith("pip install") and
               "--upgrade pip" not in line]
     assert installs == ci and len(installs) == 3
+
+
+def test_aln_departures_table_is_the_config():
+    """Every field where the ALN's default differs from ``:paper`` has a reason, and the README shows the table."""
+    from aln_jax import config  # noqa: PLC0415
+
+    assert set(config.departures()) == set(config.DEPARTURES)
+    assert config.departures_table() in _readme()

@@ -9,11 +9,13 @@ the size of the objects.  Clutter and object colours alike are uniform random RG
 contrast with what they cover, so that neither colour nor edge saliency singles out the object.
 The object is drawn last: clutter touches or lies under it in almost every image but never hides
 it.  Fine uniform noise (standard deviation 0.02-0.06 of the range) covers the whole image.
+Without clutter (the ``plain`` config) an example is the same draw with its clutter left unpainted:
+the same label, mask, background and noise, the object's colour chosen against the background alone.
 
 Every example is drawn from its own generator,
 ``np.random.default_rng((seed, SPLITS.index(split), index))``, so
-``render(image_size, seed, split, index)`` regenerates any example alone.  Examples are written
-unshuffled: position ``i`` of a split is the example of index ``i``, with ``image_id``
+``render(image_size, seed, split, index, clutter)`` regenerates any example alone.  Examples are
+written unshuffled: position ``i`` of a split is the example of index ``i``, with ``image_id``
 ``f"{split}_{i:05d}"``.
 
 Features:
@@ -29,8 +31,9 @@ Features:
 Splits: ``train`` and ``validation``.  The protocol divides ``validation`` into a tuning part,
 ``validation[:1000]``, and an evaluation part, ``validation[1000:]``.
 
-Configs: ``default`` (64x64, 20000 train / 2000 validation) and ``tiny`` (32x32, 64 / 32, for
-tests); other sizes are one ``ClutterShapesConfig(name=..., image_size=..., ...)`` away.
+Configs: ``default`` (64x64, 20000 train / 2000 validation), ``plain`` (the same examples without
+clutter) and ``tiny`` (32x32, 64 / 32, for tests); other sizes are one
+``ClutterShapesConfig(name=..., image_size=..., ...)`` away.
 """
 
 import dataclasses
@@ -298,19 +301,24 @@ def tight_box(mask):
     return np.array([rows[0], cols[0], rows[-1], cols[-1]], np.int32)
 
 
-def render(image_size, seed, split, index):
-    """Draws example ``index`` of ``split``: dict of image (uint8), mask (bool), label and box.
+def render(image_size, seed, split, index, clutter=True):
+    """Draws example ``index`` of ``split``: dict of image (uint8), mask (bool), label, box, and the
+    layers background (the smooth field) and noise, float32 (S, S, 3), that the image is made of.
 
     ``box`` is the inclusive pixel box (ymin, xmin, ymax, xmax), int32, tight around ``mask``.
+    Without ``clutter`` the clutter is drawn all the same (so that every later draw is the same) but
+    not painted.
     """
     rng = example_rng(seed, split, index)
     label = int(rng.integers(len(CLASS_NAMES)))
-    canvas = _paint_clutter(rng, _smooth_field(rng, image_size), _clutter(rng, image_size))
+    background = _smooth_field(rng, image_size)
+    cluttered = _paint_clutter(rng, background, _clutter(rng, image_size))
     mask = _shape_mask(rng, CLASS_NAMES[label], image_size)
-    canvas = _paint_object(rng, canvas, mask)
+    canvas = _paint_object(rng, cluttered if clutter else background, mask)
     noise = (rng.random(canvas.shape, dtype=np.float32) - 0.5) * rng.uniform(0.08, 0.2)
     image = np.clip((canvas + noise) * 255 + 0.5, 0, 255).astype(np.uint8)
-    return {"image": image, "mask": mask, "label": label, "box": tight_box(mask)}
+    return {"image": image, "mask": mask, "label": label, "box": tight_box(mask),
+            "background": background, "noise": noise}
 
 
 def normalised_box(box, image_size):
@@ -351,12 +359,14 @@ def _png(array):
 
 @dataclasses.dataclass(eq=False, kw_only=True)
 class ClutterShapesConfig(tfds.core.BuilderConfig):
-    """A clutter_shapes variant: image side, split sizes and the seed every example derives from."""
+    """A clutter_shapes variant: image side, split sizes, the seed every example derives from and
+    whether the clutter is painted."""
 
     image_size: int = 64
     num_train: int = 20000
     num_validation: int = 2000
     seed: int = 0
+    clutter: bool = True
 
 
 class ClutterShapes(tfds.core.GeneratorBasedBuilder):
@@ -366,6 +376,9 @@ class ClutterShapes(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = [
         ClutterShapesConfig(name="default", description="64x64, 20000 train / 2000 validation."),
+        ClutterShapesConfig(
+            name="plain", clutter=False,
+            description="64x64, 20000 train / 2000 validation: the default examples without clutter."),
         ClutterShapesConfig(
             name="tiny", description="32x32, 64 train / 32 validation, for tests.",
             image_size=32, num_train=64, num_validation=32),
@@ -397,7 +410,7 @@ class ClutterShapes(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split, num_examples):
         config = self.builder_config
         for index in range(num_examples):
-            example = render(config.image_size, config.seed, split, index)
+            example = render(config.image_size, config.seed, split, index, config.clutter)
             yield index, {
                 "image": _png(example["image"]),
                 "mask": _png(example["mask"].astype(np.uint8) * 255),

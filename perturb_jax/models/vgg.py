@@ -288,3 +288,8 @@ class FoldedVGG(nnx.Module):
         x = adaptive_avg_pool(x, 7).reshape(x.shape[0], -1)
         x = nnx.relu(self.fc[0](x))
         return self.fc[2](nnx.relu(self.fc[1](x)))
+
+
+def folded(vgg: VGG19BN) -> FoldedVGG:
+    """``FoldedVGG(vgg)`` built in one compiled call (0.5 s; op by op each layer's initialiser compiles: 12 s)."""
+    return nnx.jit(FoldedVGG)(vgg)
