@@ -250,16 +250,22 @@ def verdict(rows: dict) -> str:
     name = "object" if "object" in rows else "box" if "box" in rows else None
     if name is None:
         return "No verdict: the data has neither object masks nor boxes, so there is no object to compare with."
-    ref, best = rows[name], rows["optimum from nothing"]
-    versus = f"objective + lambda x area: {name} oracle {ref['total']:.3f}, optimum from nothing {best['total']:.3f}"
-    if best["total"] < ref["total"] - TIE * max(1.0, abs(ref["total"])):
+    ref, best = rows[name], rows.get("optimum from nothing")
+    if best is None:  # --steps=0: the objective's own minimum is not searched, only the network is judged
+        versus = f"objective + lambda x area: {name} oracle {ref['total']:.3f}"
+    else:
+        versus = (f"objective + lambda x area: {name} oracle {ref['total']:.3f}, optimum from nothing "
+                  f"{best['total']:.3f}")
+    if best is not None and best["total"] < ref["total"] - TIE * max(1.0, abs(ref["total"])):
         return (f"The objective misses the object: its minimum is elsewhere. The optimum from nothing occludes "
                 f"{best['area']:.1%} of the image (the {name} oracle {ref['area']:.1%}) with GT-known "
                 f"{cell(best['gt_known'])}, and scores lower ({versus}).")
     unconverged = (" The optimum from nothing scores above occluding nothing, so it has not converged: raise --steps."
-                   if best["total"] > rows["none"]["total"] else "")
+                   if best is not None and best["total"] > rows["none"]["total"] else "")
     net = rows.get("network")
     if net is None:
+        if best is None:
+            return "No verdict: neither a per-image optimum (--steps=0) nor a corruption network to judge."
         return (f"The objective prefers the object ({versus}); no corruption network was given (--classifier), so "
                 f"whether training finds it is not diagnosed here.{unconverged}")
     advantage = rows["none"]["total"] - ref["total"]
@@ -268,6 +274,8 @@ def verdict(rows: dict) -> str:
         return (f"The learning misses the object: the objective prefers it but the network does not find it ("
                 f"{numbers}; the network occludes {net['area']:.1%} with GT-known {cell(net['gt_known'])})."
                 f"{unconverged}")
+    if best is None:
+        return f"The network reaches the object's value; the objective's minimum was not searched (--steps=0) ({numbers})."
     return f"The objective and the network agree on the object ({numbers}).{unconverged}"
 
 
@@ -358,8 +366,8 @@ def _check_arguments(workdir, classifier, num_images, steps, lambda_reg, out) ->
         raise ConfigError(f"--out: with --workdir the results go to {os.path.join(workdir, 'diagnose')}; drop --out")
     if num_images < 1:
         raise ConfigError(f"--num_images: must be >= 1, got {num_images}")
-    if steps < 1:
-        raise ConfigError(f"--steps: must be >= 1, got {steps}")
+    if steps < 0:
+        raise ConfigError(f"--steps: must be >= 0 (0: no per-image optimum), got {steps}")
     if lambda_reg is not None and not (math.isfinite(lambda_reg) and lambda_reg >= 0):
         raise ConfigError(f"--lambda_reg: must be a finite number >= 0, got {lambda_reg}")
 
@@ -388,8 +396,8 @@ def run(config, workdir: str | None = None, classifier: str | None = None, num_i
     decisions = oracle_masks(segments, data["object_masks"], boxes, s.num_segments)
     if corruption_fn is not None:
         decisions["network"] = network_masks(corruption_fn, corruption_params, images, labels, segments, s, batch)
-    starts = {"optimum from nothing": np.zeros(decisions["none"].shape, np.float32)}
-    if "object" in decisions:
+    starts = {"optimum from nothing": np.zeros(decisions["none"].shape, np.float32)} if steps else {}
+    if "object" in decisions and steps:
         starts["optimum from the object"] = np.where(decisions["object"] > 0, START_LOGIT, -START_LOGIT)
     for name, start in starts.items():
         logits = optimise_masks(classifier_fn, params, images, labels, segments, start, s, lambda_reg, steps,

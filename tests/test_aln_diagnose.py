@@ -119,6 +119,13 @@ def test_verdict_gives_each_answer_from_the_numbers():
     assert "box oracle 0.500" in diagnose.verdict(rows) and "not converged" not in diagnose.verdict(rows)
     rows["optimum from nothing"] = _row(2.5)  # worse than occluding nothing (2.0)
     assert "has not converged: raise --steps" in diagnose.verdict(rows)
+    del rows["optimum from nothing"]  # --steps=0: the network alone is judged against the oracle
+    assert diagnose.verdict(rows).startswith("No verdict: neither a per-image optimum")
+    rows["network"] = _row(0.6)
+    assert diagnose.verdict(rows).startswith("The network reaches the object's value; the objective's minimum was "
+                                             "not searched")
+    rows["network"] = _row(1.5)
+    assert diagnose.verdict(rows).startswith("The learning misses the object")
 
 
 def test_run_on_the_tiny_data_with_a_classifier_checkpoint(tmp_path):
@@ -140,8 +147,8 @@ def test_bad_arguments_fail_in_one_line(tmp_path):
     config = config_lib.get_config("tiny")
     with pytest.raises(ConfigError, match="--workdir / --classifier: give exactly one"):
         diagnose.run(config)
-    with pytest.raises(ConfigError, match="--steps: must be >= 1"):
-        diagnose.run(config, classifier=EMBEDDED_CHECKPOINT, steps=0)
+    with pytest.raises(ConfigError, match="--steps: must be >= 0"):
+        diagnose.run(config, classifier=EMBEDDED_CHECKPOINT, steps=-1)
     trained = config_lib.get_config("tiny")
     trained.aln.bottleneck = 8
     workdir_lib.check_fingerprint(trained, str(tmp_path), train._NOT_IN_FINGERPRINT, write=True)

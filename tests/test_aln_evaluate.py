@@ -255,3 +255,5 @@ def test_centred_box_iou_by_hand():
     assert evaluate.centred_box_iou(np.array([centred, [0, 0, 4, 4]]), [(20, 20)] * 2, 0.5) == 0.5  # 1 and 0
     # rows 5-14, columns 10-19: 50 of the 100 + 100 - 50 pixels
     assert abs(evaluate.centred_box_iou(np.array([[5, 10, 14, 19]]), [(20, 20)], 0.5) - 50 / 150) < 1e-12
+    two = [np.array([[0, 0, 4, 4], centred])]  # an image with two true boxes: the better one counts
+    assert evaluate.centred_box_iou(two, [(20, 20)], 0.5) == 1.0
