@@ -103,7 +103,7 @@ def test_unknown_variant_on_the_command_line_is_its_own_one_line_error():
 
     commands = {
         ("aln_jax.main", "configs/aln.py:tinyy"): f"error: config variant 'tinyy' is unknown; known: "
-                                                  f"{sorted(aln_config.VARIANTS)}",
+                                                  f"{sorted(aln_config.VARIANTS)} (comma-separated)",
         ("perturb_jax.main", "configs/guided.py:bogus"): "error: config variant 'bogus' is unknown; known: ['', "
                                                          "'cub', 'folder', 'imagenet', 'tiny']",
     }

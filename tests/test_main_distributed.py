@@ -147,7 +147,7 @@ def test_workdir_not_shared_fails_on_both_before_the_work(one_process, tmp_path)
     (8, 2, "config.batch_size: 4 does not divide over the 8 devices in 2 processes; use a multiple of 8"),
 ])
 def test_batch_that_does_not_split_over_processes_is_refused(devices, processes, message):
-    c = config_lib.get_config("paper,tiny")
+    c = config_lib.get_config("tiny")
     with pytest.raises(config_lib.ConfigError) as e:
         config_lib.validate(c, num_devices=devices, num_processes=processes)
     assert str(e.value) == message
