@@ -1,6 +1,6 @@
 """The Sec. 3.4 ablation's figure: the maps of two trained workdirs (co-trained, classifier frozen) side by side.
 
-  python -m aln_jax.ablation --config=configs/aln.py --workdirs=/tmp/aln,/tmp/aln_frozen --out=/tmp/ablation.png
+  python -m aln_jax.ablation --config=configs/aln.py:paper --workdirs=/tmp/aln,/tmp/aln_frozen --out=/tmp/ablation.png
 
 Each row is one evaluation image: the image, then each workdir's occlusion map (its latest checkpoint). Prints each
 model's mean occluded area (probability >= 0.5) and its classifier's accuracy on these images.

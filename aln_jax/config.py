@@ -27,7 +27,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.batch_size = 64  # global: split over every device of every process.
-    c.num_steps = 1200  # embedded: 11 min of training on 2 CPU cores, 14 min with the evaluation.
+    c.num_steps = 1200  # embedded: 15 min of training on 2 CPU cores, 16 min with the evaluation.
     c.log_every = 50
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
@@ -71,7 +71,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.train.preserve_weight = 1.0  # preserve_destroy: weight of the kept region's cross-entropy.
     c.train.corruption_learning_rate = 3e-4  # ours (Adam).
     c.train.logit_bound = 4.0  # ours: occlusion logits kept in [-4, 4] with a live gradient (masking.py); 0: none.
-    c.train.classifier_learning_rate = 2e-3
+    c.train.classifier_learning_rate = 1e-4  # ours: fine-tunes the trained VGG19_bn (2e-3: the small one, paper).
     c.train.target_accuracy = 0.2  # ours (10 classes: the paper's 0.1 is chance); ImageNet: 0.1.
     c.train.lambda_reg = 1.0  # ours; the initial weight of the occluded area (a fraction of the image).
     c.train.lambda_rate = 0.005  # lambda_reg *= exp(-rate) above the target accuracy, exp(+rate) below.
@@ -79,11 +79,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.train.lambda_max = 10.0
     c.train.classifier_pretrain_steps = 0  # ours: the classifier first learns the clean images alone (see step.py).
     c.train.classifier_clean_weight = 1.0  # ours; 0 is the paper's (corrupted images only), see step.py.
-    c.train.freeze_classifier = True  # the shipped classifier stays as it is (the paper's Sec. 3.4 ablation).
+    c.train.freeze_classifier = False  # True: the classifier stays as loaded (the paper's Sec. 3.4 ablation).
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 100
-    c.eval.map = "superpixel"  # the map thresholded for the box: superpixel means (SLIC on the host) or "pixel".
+    c.eval.map = "pixel"  # the map thresholded for the box: the network's per-pixel output, or "superpixel" (paper:
+    # each superpixel's mean, SLIC on the host: 3x the evaluation time and lower GT-known here, README).
     c.eval.strong_checkpoint = embedded  # Metric 2's classifier (paper Sec. 3.1).
     c.eval.compare_results = ()  # results.json files of perturb_jax.main runs to put in the same table.
     c.eval.num_figures = 16
@@ -107,6 +108,7 @@ def _paper(c: ml_collections.ConfigDict) -> None:
     c.aln.freeze_encoder = False
     c.aln.fill = "constant"
     c.aln.class_conditional = False
+    c.eval.map = "superpixel"
     c.train.objective = "confusion"
     c.train.corruption_learning_rate = 1e-4  # ours: at 1e-3 the occlusion logits saturated within 50 steps.
     c.train.logit_bound = 0.0
@@ -114,7 +116,7 @@ def _paper(c: ml_collections.ConfigDict) -> None:
     c.train.lambda_rate = 0.01
     c.train.lambda_max = 100.0
     c.train.classifier_pretrain_steps = 3000
-    c.train.freeze_classifier = False
+    c.train.classifier_learning_rate = 2e-3  # ours (the paper gives none), for the 4-layer classifier from scratch.
 
 
 def _plain(c: ml_collections.ConfigDict) -> None:
@@ -274,9 +276,9 @@ def _check_encoder(path: str, depth: int) -> None:
 DEPARTURES = {
     "train.objective": "Eq. (1)'s minimum is not the object here (`aln_jax.diagnose`); Dabkowski & Gal's "
                        "preserve-and-destroy (the paper's [2]) asks the kept region alone to show the class",
-    "aln.classifier": "the game needs a classifier that knows the shapes (the 4-layer one reaches 56%)",
-    "train.freeze_classifier": "the shipped classifier is trained; co-training it teaches it the occluders "
-                               "(ablation)",
+    "aln.classifier": "the game needs a classifier that knows the shapes (the 4-layer one reaches 56%); still "
+                      "co-trained (Sec. 2.3): frozen, it gave GT-known 0.672 instead of 0.804",
+    "train.classifier_learning_rate": "ours: fine-tuning a trained VGG19_bn, not training the 4-layer one",
     "train.classifier_pretrain_steps": "the shipped classifier is trained",
     "aln.encoder": "features that know the shapes from the first step",
     "aln.freeze_encoder": "fine-tuning the VGG encoder at this learning rate ended in collapsed masks",
@@ -288,7 +290,9 @@ DEPARTURES = {
     "train.lambda_max": "ours",
     "train.corruption_learning_rate": "ours (at 1e-3 the occlusion logits saturated at p = 0 within 100 steps)",
     "train.logit_bound": "without it the occlusion probabilities saturated at 0 for good about 800 steps in",
-    "num_steps": "the default localises after 1200 steps (14 minutes on 2 CPU cores with the evaluation)",
+    "eval.map": "no SLIC on the host at evaluation: 1.75 ms per image instead of 5.06, GT-known 0.804 instead of "
+                "0.760 (the same checkpoint)",
+    "num_steps": "the default localises after 1200 steps (16 minutes on 2 CPU cores with the evaluation)",
 }
 
 

@@ -57,6 +57,7 @@ LEARNING_RATE = 0.1
 START_LOGIT = 3.0  # the optimum from the object starts at sigmoid(3) = 0.95 on the object, 0.05 elsewhere.
 # The network "misses" when it keeps less than 1 - WELL_ABOVE of the object's advantage over occluding nothing.
 WELL_ABOVE = 0.25
+AT_CHANCE = 1.5  # a classifier below 1.5x chance accuracy on clean images has collapsed.
 TIE = 1e-6  # relative: an optimum that finds the oracle's own mask scores the same up to float rounding.
 
 
@@ -241,12 +242,19 @@ def cell(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def verdict(rows: dict) -> str:
-    """One paragraph from the rows (name -> evaluate_masks' values). The objective misses the object when the
+def verdict(rows: dict, num_classes: int) -> str:
+    """One paragraph from the rows (name -> evaluate_masks' values). First, a classifier no better than
+    ``AT_CHANCE`` times chance on the unoccluded images leaves no game to play (a collapsed co-training, not the
+    objective). Then the objective misses the object when the
     optimum from nothing scores lower than the object oracle (the box oracle without masks) beyond float rounding
     (``TIE``: an optimum that finds the oracle's mask ties it); else the learning misses it when the network's
     value exceeds the oracle's by more than ``WELL_ABOVE`` of the oracle's advantage over occluding nothing. An
     optimum from nothing that scores above occluding nothing is flagged as not converged."""
+    chance = 1.0 / num_classes
+    if rows["none"]["accuracy"] <= AT_CHANCE * chance:
+        return (f"No verdict: the classifier is at chance on the unoccluded images (accuracy "
+                f"{rows['none']['accuracy']:.3f}, chance {chance:.3f}), so no mask can confuse it further and every "
+                f"row measures noise: its training collapsed (the learning, not the objective).")
     name = "object" if "object" in rows else "box" if "box" in rows else None
     if name is None:
         return "No verdict: the data has neither object masks nor boxes, so there is no object to compare with."
@@ -409,7 +417,7 @@ def run(config, workdir: str | None = None, classifier: str | None = None, num_i
     table = markdown_table(rows, s.objective)
     result = dict(source=source, split=config.data.eval_split, num_images=len(images), image_ids=data["image_ids"],
                   objective=s.objective, fill=s.fill, lambda_reg=lambda_reg, steps=steps, learning_rate=LEARNING_RATE,
-                  rows=rows, verdict=verdict(rows), table=table)
+                  rows=rows, verdict=verdict(rows, train.NUM_CLASSES[config.data.name]), table=table)
     directory = os.path.join(workdir, "diagnose") if workdir is not None else out or DEFAULT_OUT
     os.makedirs(directory, exist_ok=True)
     header = (f"{len(images)} images of {config.data.eval_split}, {source}, objective {s.objective}, fill {s.fill}, "

@@ -1,6 +1,6 @@
 """The per-image bound of the ALN objective, optionally after random-occlusion fine-tuning of the classifier.
 
-  python -m aln_jax.per_image --config=configs/aln.py --lambda_reg=4 --steps=300 --robust_steps=600
+  python -m aln_jax.per_image --config=configs/aln.py:paper --lambda_reg=4 --steps=300 --robust_steps=600
 
 No corruption network: for each evaluation image, ``aln_jax.diagnose.optimise_masks`` runs Adam on one logit per
 superpixel, minimising the config's objective + lambda_reg * occluded area with the same Gumbel-max straight-through

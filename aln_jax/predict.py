@@ -19,8 +19,8 @@ def make_predict_fn(config, corruption_def: nnx.GraphDef, classifier_def: nnx.Gr
     """``predict_fn(images) -> {prob, logits, masked}`` of the trained ALN (``params``: the state's two networks).
 
     ``prob`` is the occlusion probability map at the ALN's input size that the paper's Sec. 3.2 thresholds: with
-    ``config.eval.map`` 'superpixel' (default) each superpixel's mean probability, the probability with which
-    training occludes it (Sec. 2.2), which needs SLIC on the host; with 'pixel' the network's raw per-pixel output,
+    ``config.eval.map`` 'superpixel' (the paper's) each superpixel's mean probability, the probability with which
+    training occludes it (Sec. 2.2), which needs SLIC on the host; with 'pixel' (default) the network's raw per-pixel output,
     which training constrains only through those means. ``masked`` shows the image with the pixels of
     probability >= 0.5 occluded.
     """

@@ -90,42 +90,46 @@ def test_the_object_is_the_minimum_and_the_optimum_finds_it(objective):
     assert rows["object"]["gt_known"] == rows["optimum from nothing"]["gt_known"] == 1.0
     assert rows["centred square"]["gt_known"] == rows["away"]["gt_known"] == 0.0
     assert rows["optimum from nothing"]["total"] == pytest.approx(total["object"])
-    assert "objective misses" not in diagnose.verdict(rows)
+    assert "objective misses" not in diagnose.verdict(rows, 10)
     whole = diagnose.evaluate_masks(_region_classifier, params, images, labels, segments, masks["centred square"], s,
                                     lam, boxes)  # one batch: the same numbers as batches of 2 (the last padded)
     for key in ("objective", "area", "iou"):
         assert whole["per_image"][key] == pytest.approx(rows["centred square"]["per_image"][key])
 
 
-def _row(total, area=0.2, gt_known=0.5):
-    return dict(objective=total - area, confusion=1.0, accuracy=0.5, area=area, total=total, gt_known=gt_known)
+def _row(total, area=0.2, gt_known=0.5, accuracy=0.5):
+    return dict(objective=total - area, confusion=1.0, accuracy=accuracy, area=area, total=total, gt_known=gt_known)
 
 
 def test_verdict_gives_each_answer_from_the_numbers():
     rows = {"none": _row(2.0, 0.0, None), "object": _row(1.0), "centred square": _row(1.5),
             "optimum from nothing": _row(0.7, 0.45, 0.1), "network": _row(1.05)}
-    text = diagnose.verdict(rows)
+    text = diagnose.verdict(rows, 10)
     assert text.startswith("The objective misses the object: its minimum is elsewhere")
     assert "45.0%" in text and "GT-known 0.100" in text
     rows["optimum from nothing"] = _row(1.0)  # the optimiser found the object itself: a tie is not a miss
-    assert diagnose.verdict(rows).startswith("The objective and the network agree on the object")
+    assert diagnose.verdict(rows, 10).startswith("The objective and the network agree on the object")
     rows["network"] = _row(1.6)  # keeps 40% of the object's advantage over occluding nothing
-    assert diagnose.verdict(rows).startswith("The learning misses the object: the objective prefers it but the "
+    assert diagnose.verdict(rows, 10).startswith("The learning misses the object: the objective prefers it but the "
                                              "network does not find it")
     del rows["network"]
-    assert "no corruption network" in diagnose.verdict(rows)
+    assert "no corruption network" in diagnose.verdict(rows, 10)
     del rows["object"]  # without masks the box oracle is the reference
     rows["box"] = _row(0.5)
-    assert "box oracle 0.500" in diagnose.verdict(rows) and "not converged" not in diagnose.verdict(rows)
+    assert "box oracle 0.500" in diagnose.verdict(rows, 10) and "not converged" not in diagnose.verdict(rows, 10)
     rows["optimum from nothing"] = _row(2.5)  # worse than occluding nothing (2.0)
-    assert "has not converged: raise --steps" in diagnose.verdict(rows)
+    assert "has not converged: raise --steps" in diagnose.verdict(rows, 10)
     del rows["optimum from nothing"]  # --steps=0: the network alone is judged against the oracle
-    assert diagnose.verdict(rows).startswith("No verdict: neither a per-image optimum")
+    assert diagnose.verdict(rows, 10).startswith("No verdict: neither a per-image optimum")
     rows["network"] = _row(0.6)
-    assert diagnose.verdict(rows).startswith("The network reaches the object's value; the objective's minimum was "
+    assert diagnose.verdict(rows, 10).startswith("The network reaches the object's value; the objective's minimum was "
                                              "not searched")
     rows["network"] = _row(1.5)
-    assert diagnose.verdict(rows).startswith("The learning misses the object")
+    assert diagnose.verdict(rows, 10).startswith("The learning misses the object")
+    rows["none"] = _row(2.0, 0.0, None, accuracy=0.15)  # 1.5x chance of 10 classes: a collapsed classifier
+    assert diagnose.verdict(rows, 10).startswith("No verdict: the classifier is at chance")
+    assert "accuracy 0.150, chance 0.100" in diagnose.verdict(rows, 10)
+    assert diagnose.verdict(rows, 100).startswith("The learning misses the object")  # 15x the chance of 100 classes
 
 
 def test_run_on_the_tiny_data_with_a_classifier_checkpoint(tmp_path):
