@@ -282,8 +282,8 @@ DEPARTURES = {
     "train.classifier_pretrain_steps": "the shipped classifier is trained",
     "aln.encoder": "features that know the shapes from the first step",
     "aln.freeze_encoder": "fine-tuning the VGG encoder at this learning rate ended in collapsed masks",
-    "aln.class_conditional": "the label (the predicted class at evaluation) says which object to hide among "
-                             "clutter that looks like other classes",
+    "aln.class_conditional": "the label (the predicted class at evaluation) says which object to hide; level "
+                             "here (0.800 without it), kept for images with objects of several classes",
     "aln.fill": "constant, blurred image or noise drawn per image: the occluder's outline is not a shape to read",
     "train.lambda_reg": "ours: the adaptive rule (Sec. 2.4) from a weight that balances the objective",
     "train.lambda_rate": "ours: a slower rule",

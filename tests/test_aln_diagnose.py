@@ -107,8 +107,16 @@ def test_verdict_gives_each_answer_from_the_numbers():
     text = diagnose.verdict(rows, 10)
     assert text.startswith("The objective misses the object: its minimum is elsewhere")
     assert "45.0%" in text and "GT-known 0.100" in text
+    rows["optimum from nothing"] = _row(0.7, 0.45, 0.4)  # lower, but its boxes localise nearly as well: the object
+    assert diagnose.verdict(rows, 10).startswith("The objective and the network agree on the object")
     rows["optimum from nothing"] = _row(1.0)  # the optimiser found the object itself: a tie is not a miss
     assert diagnose.verdict(rows, 10).startswith("The objective and the network agree on the object")
+    rows["touching"] = _row(0.8, 0.3, 0.8)  # hides the object's slivers too: the oracle now, below the optimum
+    rows["optimum from nothing"] = _row(0.9, 0.25, 0.6)  # below the object mask, above the touching one
+    text = diagnose.verdict(rows, 10)
+    assert text.startswith("The objective and the network agree on the object") and "touching oracle 0.800" in text
+    rows["optimum from nothing"] = _row(1.0)
+    del rows["touching"]
     rows["network"] = _row(1.6)  # keeps 40% of the object's advantage over occluding nothing
     assert diagnose.verdict(rows, 10).startswith("The learning misses the object: the objective prefers it but the "
                                              "network does not find it")
