@@ -275,8 +275,8 @@ def _check_encoder(path: str, depth: int) -> None:
 # Why the default departs from the paper, field by field (the README's table is ``departures_table()``).
 DEPARTURES = {
     "train.objective": "Eq. (1)'s minimum is not the object here (`aln_jax.diagnose`); Dabkowski & Gal's "
-                       "preserve-and-destroy (the paper's [2]) asks the kept region alone to show the class (500 steps: 0.602; "
-                       "Eq. (1) 0.276, destroy alone 0.310)",
+                       "preserve-and-destroy (the paper's [2]) asks the kept region alone to show the class "
+                       "(500 steps: 0.602; Eq. (1) 0.276, destroy alone 0.310)",
     "aln.classifier": "the game needs a classifier that knows the shapes (the 4-layer one reaches 56%); still "
                       "co-trained (Sec. 2.3): frozen, it gave GT-known 0.672 instead of 0.804",
     "train.classifier_learning_rate": "ours: fine-tuning a trained VGG19_bn, not training the 4-layer one",

@@ -252,9 +252,9 @@ def verdict(rows: dict, num_classes: int) -> str:
     slivers of it that a classifier may still read). The objective misses the object when the optimum from nothing
     scores lower than the oracle beyond float rounding (``TIE``: an optimum that finds the oracle's mask ties it)
     with a GT-known ``MISS_GAP`` below the oracle's (a lower mask that localises as well is the object, found more
-    exactly than by the oracles' superpixel rules); else the learning misses it when the network's value exceeds the oracle's by more than ``WELL_ABOVE`` of the
-    oracle's advantage over occluding nothing. An optimum from nothing that scores above occluding nothing is
-    flagged as not converged."""
+    exactly than by the oracles' superpixel rules); else the learning misses it when the network's value exceeds
+    the oracle's by more than ``WELL_ABOVE`` of the oracle's advantage over occluding nothing. An optimum from
+    nothing that scores above occluding nothing is flagged as not converged."""
     chance = 1.0 / num_classes
     if rows["none"]["accuracy"] <= AT_CHANCE * chance:
         return (f"No verdict: the classifier is at chance on the unoccluded images (accuracy "
@@ -286,7 +286,8 @@ def verdict(rows: dict, num_classes: int) -> str:
                 f"{numbers}; the network occludes {net['area']:.1%} with GT-known {cell(net['gt_known'])})."
                 f"{unconverged}")
     if best is None:
-        return f"The network reaches the object's value; the objective's minimum was not searched (--steps=0) ({numbers})."
+        return (f"The network reaches the object's value; the objective's minimum was not searched (--steps=0) "
+                f"({numbers}).")
     return f"The objective and the network agree on the object ({numbers}).{unconverged}"
 
 

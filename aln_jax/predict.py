@@ -20,9 +20,9 @@ def make_predict_fn(config, corruption_def: nnx.GraphDef, classifier_def: nnx.Gr
 
     ``prob`` is the occlusion probability map at the ALN's input size that the paper's Sec. 3.2 thresholds: with
     ``config.eval.map`` 'superpixel' (the paper's) each superpixel's mean probability, the probability with which
-    training occludes it (Sec. 2.2), which needs SLIC on the host; with 'pixel' (default) the network's raw per-pixel output,
-    which training constrains only through those means. ``masked`` shows the image with the pixels of
-    probability >= 0.5 occluded.
+    training occludes it (Sec. 2.2), which needs SLIC on the host; with 'pixel' (default) the network's raw
+    per-pixel output, which training constrains only through those means. ``masked`` shows the image with the
+    pixels of probability >= 0.5 occluded.
     """
     s = step_lib.Settings.from_config(config)
     size, sp = config.aln.image_size, config.slic

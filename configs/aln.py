@@ -7,7 +7,8 @@
       --config.eval.strong_checkpoint=$HOME/vgg19_bn_flax
 
 The argument after ':' picks comma-separated variants (aln_jax/config.py: 'paper', 'plain', 'tiny', 'imagenet');
-'' is our variant that localises on the embedded benchmark. The Sec. 3.4 ablation: --config.train.freeze_classifier=true.
+'' is our variant that localises on the embedded benchmark. The Sec. 3.4 ablation:
+--config.train.freeze_classifier=true.
 """
 
 from aln_jax import config as base
