@@ -132,8 +132,9 @@ def test_corrupt_latest_checkpoint_falls_back_and_says_so(tmp_path):
 
 @pytest.mark.slow  # 27 s idle (2026-12-07): the second CI step
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    work = str(tmp_path / "w")  # tiny: 2 classifier pre-training steps (no occlusion), then NaN from the fill
-    proc = _run(["train", work, str(tmp_path / "b.npz"), "aln.fill_value=nan", "checkpoint_every=1"])
+    work = str(tmp_path / "w")  # tiny: 2 classifier pre-training steps (no occlusion), then the first occlusion
+    # fills with 3e38 (finite, so the config accepts it), which overflows the classifier's first layer to inf
+    proc = _run(["train", work, str(tmp_path / "b.npz"), "aln.fill_value=3e38", "checkpoint_every=1"])
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0 and "non-finite loss at step 3" in out and "last good checkpoint is step 2" in out
     assert sorted(os.listdir(os.path.join(work, "checkpoints"))) == ["1", "2"]
