@@ -2,7 +2,7 @@
 
 Every field can be overridden from the command line (``--config.train.target_accuracy=0.3``); the config is locked.
 ``validate`` turns a bad value into a one-line ``ConfigError`` naming the field, before anything is loaded or
-compiled. The protocol fields are those of the perceptual ball (``perturb_jax.config``), so both are scored alike.
+compiled. The protocol fields are those of the perceptual ball (``perturb_jax.explain.config``), so both are scored alike.
 """
 
 import json
@@ -14,8 +14,8 @@ import ml_collections
 import eval.datasets
 from aln_jax.masking import FILLS
 from aln_jax.objectives import OBJECTIVES
-from perturb_jax import config as perturb_config
-from perturb_jax.config import ConfigError, STRATEGIES
+from perturb_jax.explain import config as perturb_config
+from perturb_jax.explain.config import ConfigError, STRATEGIES
 
 DATASETS = ("clutter_shapes", "imagenet2012")
 MAPS = ("superpixel", "pixel")
@@ -156,7 +156,7 @@ def _imagenet(c: ml_collections.ConfigDict) -> None:
     c.data.eval_split = "validation[:1000]"
     c.data.tune_split = "validation[1000:1500]"
     c.model.mean, c.model.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    c.eval.strong_checkpoint = ""  # required: python -m perturb_jax.convert_weights writes it.
+    c.eval.strong_checkpoint = ""  # required: python -m perturb_jax.runtime.convert_weights writes it.
     c.train.target_accuracy = 0.1  # paper Sec. 2.4.
     c.train.classifier_clean_weight = 0.0  # the paper's classifier sees corrupted images only.
     c.train.classifier_pretrain_steps = 0
@@ -244,7 +244,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int)
                       ".tar and ILSVRC2012_img_val.tar) and --config.data.boxes (the ILSVRC validation boxes)")
     if not c.eval.strong_checkpoint:
         _fail("eval.strong_checkpoint", "is empty; give the Orbax checkpoint of the stronger classifier "
-              "(python -m perturb_jax.convert_weights makes one from torchvision's VGG19_bn)")
+              "(python -m perturb_jax.runtime.convert_weights makes one from torchvision's VGG19_bn)")
     if c.eval.map not in MAPS:
         _fail("eval.map", f"must be one of {MAPS}, got {c.eval.map!r}")
     if c.data.eval_resolution != "model":
@@ -259,7 +259,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int)
 
 
 def _check_encoder(path: str, depth: int) -> None:
-    """``aln.encoder``: a VGG19_bn checkpoint directory (``perturb_jax.checkpoint``) deep enough for the encoder."""
+    """``aln.encoder``: a VGG19_bn checkpoint directory (``perturb_jax.runtime.checkpoint``) deep enough for the encoder."""
     meta = os.path.join(path, "model.json")
     if not os.path.isfile(meta):
         _fail("aln.encoder", f"must be 'scratch' or a VGG19_bn checkpoint directory holding model.json, got {path!r}")
@@ -274,7 +274,7 @@ def _check_encoder(path: str, depth: int) -> None:
 
 # Why the default departs from the paper, field by field (the README's table is ``departures_table()``).
 DEPARTURES = {
-    "train.objective": "Eq. (1)'s minimum is not the object here (`aln_jax.diagnose`); Dabkowski & Gal's "
+    "train.objective": "Eq. (1)'s minimum is not the object here (`aln_jax.experiments.diagnose`); Dabkowski & Gal's "
                        "preserve-and-destroy (the paper's [2]) asks the kept region alone to show the class "
                        "(500 steps: 0.602; Eq. (1) 0.276, destroy alone 0.310)",
     "aln.classifier": "the game needs a classifier that knows the shapes (the 4-layer one reaches 56%); still "

@@ -4,7 +4,7 @@
 scores them on process 0 and writes ``workdir/eval/``: ``table.md``, ``results.json``, ``results.csv`` and
 ``figure.png`` (paper Figure 2). Two box rules are scored on the occlusion probability map:
   - the paper's (Sec. 3.2): pixels >= 0.7 mean + 0.3 max, box of the largest connected component, no tuning;
-  - the project's protocol (``eval.protocol``, as ``perturb_jax.scoring``): three strategies, alpha tuned on the
+  - the project's protocol (``eval.protocol``, as ``eval.scoring``): three strategies, alpha tuned on the
     tuning split, reported on the evaluation split, and MaxBoxAcc.
 Each box rule is reported as GT-known localisation accuracy (best IoU >= 0.5 with a true box) and top-1
 localisation (that and the class right; Sec. 3.1: Metric 1 with the ALN's own classifier, Metric 2 with the
@@ -25,7 +25,8 @@ from skimage import transform
 import eval.datasets
 from eval import boxes as box_ops
 from eval import protocol
-from perturb_jax import distributed, report, results_store
+from perturb_jax.runtime import distributed
+from perturb_jax.explain import report, results_store
 
 METHOD = "aln"
 GRADIENT = "input_gradient"
@@ -251,10 +252,10 @@ def score(config: ml_collections.ConfigDict, tune: dict, evaluation: dict, compa
     summary: num_images, skipped_images, classifier_accuracy {split: {aln, strong}}, paper_threshold {split:
     accuracies}, chosen_alpha; with boxes on the evaluation split, max_box_acc {aln, input_gradient} and
     whole_image {eval_accuracy, eval_error}; with boxes on both splits, localisation_error (as
-    ``perturb_jax.scoring``: ``protocol.tune_and_evaluate`` of aln and input_gradient, and centred_box) and
+    ``eval.scoring``: ``protocol.tune_and_evaluate`` of aln and input_gradient, and centred_box) and
     top1_localisation {aln, input_gradient} at the best strategy's alpha; compare (one row per
     ``compare_results`` file); table (the rows of table.md). Without a tuning split each strategy uses the middle
-    alpha of its sweep, as ``perturb_jax.scoring`` does.
+    alpha of its sweep, as ``eval.scoring`` does.
     """
     strategies = tuple(config.protocol.strategies)
     alphas = {s: np.asarray(config.protocol[f"{s}_alphas"], float) for s in strategies}

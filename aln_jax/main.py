@@ -12,7 +12,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from aln_jax import train  # noqa: E402
-from perturb_jax import cli, distributed  # noqa: E402
+from perturb_jax.runtime import cli, distributed  # noqa: E402
 
 
 def train_job(config, workdir: str) -> dict:

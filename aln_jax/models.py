@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from perturb_jax.models.vgg import VGG19_CFG, FoldedVGG
+from perturb_jax.runtime.vgg import VGG19_CFG, FoldedVGG
 
 
 class Deconv2x(nnx.Module):

@@ -12,7 +12,8 @@ from flax import nnx
 from skimage import transform
 
 from aln_jax import masking, step as step_lib, superpixels
-from perturb_jax import checkpoint, saliency
+from perturb_jax.runtime import checkpoint
+from perturb_jax.methods.perceptual_ball import saliency
 
 
 def make_predict_fn(config, corruption_def: nnx.GraphDef, classifier_def: nnx.GraphDef, params: dict):
@@ -60,7 +61,7 @@ def make_strong_fn(config):
     """``strong_fn(images) -> {predicted, gradient}`` of the stronger classifier ``config.eval.strong_checkpoint``.
 
     ``gradient`` is its input gradient for its predicted class, max |.| over channels (the project's gradient
-    baseline, ``perturb_jax.saliency.gradient_magnitude``).
+    baseline, ``perturb_jax.methods.perceptual_ball.saliency.gradient_magnitude``).
     """
     model = checkpoint.load_model(config.eval.strong_checkpoint)
     graphdef, state = nnx.split(model)

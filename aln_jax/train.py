@@ -20,11 +20,12 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from aln_jax import config as config_lib, data, evaluate, metrics_writer, models, predict, step as step_lib
+from aln_jax import config as config_lib, data, evaluate, models, predict, step as step_lib
+from perturb_jax.runtime import metrics_writer
 import eval.datasets
-from perturb_jax import checkpoint, distributed, sharding, workdir as workdir_lib
-from perturb_jax.models import vgg
-from perturb_jax.config import ConfigError
+from perturb_jax.runtime import checkpoint, distributed, sharding, workdir as workdir_lib
+from perturb_jax.runtime import vgg
+from perturb_jax.explain.config import ConfigError
 
 NUM_CLASSES = {"clutter_shapes": 10, "imagenet2012": 1000}
 # Fields that change no trained number: a run may resume with other values of these.

@@ -12,7 +12,7 @@ extremal-perturbation iterations so that the whole table runs within an hour on 
 setting that differs from the reference's. 'tiny' is the smoke test.
 """
 
-from perturb_jax import config as base
+from perturb_jax.explain import config as base
 from perturb_jax import methods
 
 

@@ -8,7 +8,7 @@
 The argument after ':' picks the data (see perturb_jax/config.py: '', 'imagenet', 'cub', 'folder', 'tiny').
 """
 
-from perturb_jax import config as base
+from perturb_jax.explain import config as base
 
 
 def get_config(arg=None):

@@ -10,7 +10,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from perturb_jax import cli, explain  # noqa: E402
+from perturb_jax.runtime import cli
+from perturb_jax.explain import job as explain  # noqa: E402
 
 if __name__ == "__main__":
     cli.run_job(explain.explain_and_evaluate, "Config file, e.g. configs/guided.py.",

@@ -20,8 +20,8 @@ from flax import nnx
 from ml_collections import config_flags
 
 from eval.datasets import embedded
-from perturb_jax import checkpoint, sharding
-from perturb_jax.models.vgg import VGG19BN
+from perturb_jax.runtime import checkpoint, sharding
+from perturb_jax.runtime.vgg import VGG19BN
 
 AUGMENTATIONS = ("dihedral", "none")
 

@@ -21,7 +21,7 @@ from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from aln_jax import config as config_lib, step as step_lib, train  # noqa: E402
-from perturb_jax import distributed  # noqa: E402
+from perturb_jax.runtime import distributed  # noqa: E402
 
 
 def flat(state) -> dict:

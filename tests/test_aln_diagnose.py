@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aln_jax import config as config_lib, diagnose, step as step_lib, train
-from perturb_jax import workdir as workdir_lib
-from perturb_jax.config import EMBEDDED_CHECKPOINT, ConfigError
+from aln_jax import config as config_lib, step as step_lib, train
+from aln_jax.experiments import diagnose
+from perturb_jax.runtime import workdir as workdir_lib
+from perturb_jax.explain.config import EMBEDDED_CHECKPOINT, ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -166,7 +167,7 @@ def test_bad_arguments_fail_in_one_line(tmp_path):
     workdir_lib.check_fingerprint(trained, str(tmp_path), train._NOT_IN_FINGERPRINT, write=True)
     with pytest.raises(ConfigError, match="holds a run with another config .differs in aln.bottleneck"):
         diagnose.run(config, workdir=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-m", "aln_jax.diagnose", "--config=configs/aln.py:tiny",
+    proc = subprocess.run([sys.executable, "-m", "aln_jax.experiments.diagnose", "--config=configs/aln.py:tiny",
                            f"--workdir={tmp_path}", "--out=/tmp/x"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2"))
     last = proc.stderr.strip().splitlines()[-1]

@@ -149,8 +149,8 @@ def test_step_trains_what_the_rule_says():
 
 @pytest.mark.slow  # 30 s idle (2026-12-07): the second CI step
 def test_folded_vgg_gives_the_logits_of_vgg_in_eval_mode():
-    from perturb_jax.models import vgg as vgg_lib  # noqa: PLC0415
-    from perturb_jax.models.vgg import VGG19BN, FoldedVGG  # noqa: PLC0415
+    from perturb_jax.runtime import vgg as vgg_lib  # noqa: PLC0415
+    from perturb_jax.runtime.vgg import VGG19BN, FoldedVGG  # noqa: PLC0415
     vgg = VGG19BN(10, 16, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
     for bn in vgg.bns:  # non-trivial statistics and affine terms, so that folding them is tested
@@ -182,7 +182,7 @@ class _RegionClassifier(nnx.Module):
 
 
 def test_per_image_masks_find_the_segment_the_classifier_uses():
-    from aln_jax import diagnose  # noqa: PLC0415
+    from aln_jax.experiments import diagnose  # noqa: PLC0415
     graphdef, params = nnx.split(_RegionClassifier())
     s = _settings(objective="confusion")
     images = np.full((2, 32, 32, 3), 255, np.uint8)  # normalised: 2 everywhere

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from aln_jax import config as config_lib, train
-from perturb_jax.config import ConfigError
+from perturb_jax.explain.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "aln_worker.py")
@@ -166,7 +166,7 @@ def test_bad_configs_fail_in_one_line():
 
 def test_classifier_checkpoint_of_other_classes_is_refused():
     c = config_lib.get_config("imagenet")
-    from perturb_jax.config import EMBEDDED_CHECKPOINT  # noqa: PLC0415
+    from perturb_jax.explain.config import EMBEDDED_CHECKPOINT  # noqa: PLC0415
     c.aln.classifier = EMBEDDED_CHECKPOINT
     with pytest.raises(ConfigError, match="aln.classifier: .* has 10 classes, imagenet2012 has 1000"):
         train.build_models(c, 1000)
@@ -197,7 +197,7 @@ def test_full_train_and_evaluate_cycle_on_tiny_data(tmp_path):
         summary = json.load(f)["summary"]
     assert summary["num_images"]["eval"] == 16
     png = str(tmp_path / "ablation.png")
-    ablation = subprocess.run([sys.executable, "-m", "aln_jax.ablation", "--config=configs/aln.py:paper,tiny",
+    ablation = subprocess.run([sys.executable, "-m", "aln_jax.experiments.ablation", "--config=configs/aln.py:paper,tiny",
                                f"--workdirs={work},{work}", f"--out={png}", "--num_images=3"], env=_env(1), cwd=ROOT,
                               capture_output=True, text=True, timeout=600)
     assert ablation.returncode == 0, ablation.stderr[-3000:]
@@ -211,7 +211,7 @@ def test_full_train_and_evaluate_cycle_on_tiny_data(tmp_path):
 
 
 def test_distributed_config_errors_are_one_line():
-    from perturb_jax import distributed  # noqa: PLC0415
+    from perturb_jax.runtime import distributed  # noqa: PLC0415
 
     c = config_lib.get_config("paper,tiny").distributed
     c.coordinator_address = "127.0.0.1:1"
@@ -223,7 +223,7 @@ def test_distributed_config_errors_are_one_line():
 
 
 def test_unreachable_coordinator_fails_within_the_timeout(tmp_path):
-    code = ("import sys; from aln_jax import config; from perturb_jax import distributed\n"
+    code = ("import sys; from aln_jax import config; from perturb_jax.runtime import distributed\n"
             "c = config.get_config('paper,tiny').distributed\n"
             "c.coordinator_address, c.num_processes, c.process_id = '127.0.0.1:%d', 2, 1\n"
             "c.initialization_timeout = 5\n"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from perturb_jax import benchmark
+from benchmarks import explainer as benchmark
 
 POSITIVE = ("call_s", "call_s_min", "ms_per_step", "images_per_s", "peak_mb", "steps")
 
@@ -57,7 +57,7 @@ def test_torch_iterations_match_lbfgs():
 @pytest.mark.slow  # ~20 s: two eager model builds and an Orbax round trip.
 def test_checkpoint_weights_reach_both_models(tmp_path, monkeypatch):
     pytest.importorskip("torch")
-    from perturb_jax import checkpoint, convert_weights
+    from perturb_jax.runtime import checkpoint, convert_weights
 
     source, pure, _ = benchmark.build_weights("embedded", seed=1)
     path = str(tmp_path / "ckpt")
@@ -81,7 +81,8 @@ def test_bare_pass_is_the_same_computation_in_jax_and_torch():
     torch = pytest.importorskip("torch")
     from flax import nnx
 
-    from perturb_jax import convert_weights, torch_reference
+    from perturb_jax.runtime import convert_weights
+    from benchmarks.references import torch_reference
 
     tmodel, pure, _ = benchmark.build_weights("embedded")
     graphdef, state = nnx.split(convert_weights.build_model(pure, 10, 8))

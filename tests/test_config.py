@@ -10,7 +10,7 @@ import ml_collections
 import pytest
 
 import eval.datasets
-from perturb_jax import config as config_lib
+from perturb_jax.explain import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,7 +85,7 @@ def test_bad_values_fail_in_one_line(field, value, message):
 
 def test_batch_that_does_not_divide_over_devices_fails_before_compiling():
     """Two forced CPU devices: an odd batch size is refused by name."""
-    code = ("from perturb_jax import config as c; cfg = c.get_config(); cfg.batch_size = 3\n"
+    code = ("from perturb_jax.explain import config as c; cfg = c.get_config(); cfg.batch_size = 3\n"
             "try:\n    c.validate(cfg)\nexcept c.ConfigError as e:\n    print(e)")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout

@@ -12,10 +12,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from perturb_jax import checkpoint
+from perturb_jax.runtime import checkpoint
 from torch_fixtures import random_torch_model
-from perturb_jax.convert_weights import ConversionError, convert_file, convert_state_dict, read_state_dict
-from perturb_jax.models.vgg import VGG19_CFG
+from perturb_jax.runtime.convert_weights import ConversionError, convert_file, convert_state_dict, read_state_dict
+from perturb_jax.runtime.vgg import VGG19_CFG
 
 PARITY_RELUS = tuple(range(1, 17))
 TOLERANCE = 1e-5
@@ -62,7 +62,7 @@ def max_rel_diffs(torch_model, jax_model, size, seed=1) -> dict:
     """{'logits' or relu number: max|jax - torch| / max|torch|} for one random image of ``size`` x ``size``."""
     import torch
 
-    from perturb_jax.torch_reference import forward_with_relus
+    from benchmarks.references.torch_reference import forward_with_relus
 
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
@@ -137,7 +137,7 @@ def test_num_batches_tracked_ignored(state_dict):
 def test_layout_matches_model_state(state_dict):
     from flax import nnx
 
-    from perturb_jax.models.vgg import VGG19BN
+    from perturb_jax.runtime.vgg import VGG19BN
 
     pure, classes, divisor = convert_state_dict(state_dict)
     abstract = checkpoint.model_state(nnx.eval_shape(lambda: VGG19BN(classes, divisor, rngs=nnx.Rngs(0))))
@@ -212,7 +212,7 @@ def test_pth_without_torch(tmp_path, monkeypatch):
 
 _NO_TORCH_SCRIPT = """
 import sys
-from perturb_jax import convert_weights
+from perturb_jax.runtime import convert_weights
 argv = ["convert_weights", "--torch_checkpoint=" + sys.argv[1], "--out=" + sys.argv[2]]
 convert_weights.define_flags()
 convert_weights.FLAGS(argv)
@@ -235,7 +235,7 @@ def test_npz_cli_does_not_import_torch(tmp_path, state_dict):
 def test_cli_error_is_one_line(tmp_path, state_dict):
     path = tmp_path / "weights.npz"
     np.savez(path, **{k: v for k, v in state_dict.items() if k != "features.50.running_mean"})
-    run = subprocess.run([sys.executable, "-m", "perturb_jax.convert_weights", f"--torch_checkpoint={path}",
+    run = subprocess.run([sys.executable, "-m", "perturb_jax.runtime.convert_weights", f"--torch_checkpoint={path}",
                           f"--out={tmp_path / 'ckpt'}"], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(__file__)), timeout=120)
     assert run.returncode != 0
@@ -246,7 +246,7 @@ def test_cli_error_is_one_line(tmp_path, state_dict):
 def test_torch_perceptual_ball_runs_max_iter_steps():
     """With zero tolerances the reference optimiser takes exactly max_iter L-BFGS steps, one evaluation each."""
     torch = pytest.importorskip("torch")
-    from perturb_jax.torch_reference import perceptual_ball, perceptual_ball_loss
+    from benchmarks.references.torch_reference import perceptual_ball, perceptual_ball_loss
 
     model = random_torch_model(10, 8)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))

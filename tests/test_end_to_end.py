@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from perturb_jax import end_to_end, results_store
+from benchmarks import end_to_end
+from perturb_jax.explain import results_store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,7 +32,7 @@ def test_refuses_a_non_empty_workdir(tmp_path):
 def test_command_writes_table_and_json(tmp_path):
     pytest.importorskip("torch")
     work, out = tmp_path / "work", tmp_path / "out.json"
-    proc = subprocess.run([sys.executable, "-m", "perturb_jax.end_to_end", f"--workdir={work}", f"--out={out}",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.end_to_end", f"--workdir={work}", f"--out={out}",
                            "--num_tune=2", "--num_eval=3", "--torch_steps=2", "--jax_steps=2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

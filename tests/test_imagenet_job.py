@@ -24,8 +24,10 @@ from PIL import Image
 
 from eval import boxes as box_ops
 from eval.datasets import ilsvrc
-from perturb_jax import checkpoint, convert_weights, explain, methods
-from perturb_jax.models.vgg import RELU_TO_TORCH_INDEX, VGG19_CFG
+from perturb_jax.runtime import checkpoint, convert_weights
+from perturb_jax.explain import job as explain
+from perturb_jax import methods
+from perturb_jax.runtime.vgg import RELU_TO_TORCH_INDEX, VGG19_CFG
 
 GUIDED = Path(__file__).resolve().parents[1] / "configs" / "guided.py"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -379,4 +381,4 @@ def test_missing_checkpoint_says_how_to_convert(tree, tmp_path):
         explain.explain_and_evaluate(config, str(tmp_path / "work"))
     message = str(err.value)
     assert str(tmp_path / "vgg19_bn_flax") in message
-    assert "python -m perturb_jax.convert_weights --torch_checkpoint=vgg19_bn-c79401a0.pth" in message
+    assert "python -m perturb_jax.runtime.convert_weights --torch_checkpoint=vgg19_bn-c79401a0.pth" in message

@@ -12,8 +12,9 @@ import time
 import pytest
 from flax import nnx
 
-from perturb_jax import checkpoint, config as config_lib
-from perturb_jax.models.vgg import VGG19BN
+from perturb_jax.runtime import checkpoint
+from perturb_jax.explain import config as config_lib
+from perturb_jax.runtime.vgg import VGG19BN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -142,7 +142,7 @@ def _near_tie(torch_model, jax_model, images_nchw, margin):
 def _parity(num_classes, width_divisor, size, batch, margin, tolerance, float64=False):
     torch = pytest.importorskip("torch")
     pytest.importorskip("torchattacks")
-    from perturb_jax.method_references import torchattacks_deepfool
+    from benchmarks.references import torchattacks_deepfool
     from tests.torch_fixtures import run_method
 
     torch_model, jax_model = paired_models(num_classes, width_divisor)

@@ -13,7 +13,7 @@ from torch_fixtures import paired_models, run_method
 
 from perturb_jax.methods import common
 from perturb_jax.methods import excitation_backprop as ebp
-from perturb_jax.models.vgg import VGG19BN, excitation_linear
+from perturb_jax.runtime.vgg import VGG19BN, excitation_linear
 
 DEFAULTS = {name: option.default for name, option in ebp.OPTIONS.items()}
 
@@ -99,7 +99,7 @@ def test_negated_classifier_leaves_the_model_unchanged():
 
 @pytest.fixture(scope="module")
 def reference():
-    """``perturb_jax.method_references.torchray_excitation``, whose import gives TorchRay a torchvision stand-in
+    """``benchmarks.references.torchray_excitation``, whose import gives TorchRay a torchvision stand-in
     where torchvision is missing and takes it out again."""
     pytest.importorskip("torch")
     pytest.importorskip("torchray")
@@ -108,7 +108,7 @@ def reference():
         has_torchvision = True
     except ImportError:
         has_torchvision = False
-    from perturb_jax.method_references import torchray_excitation
+    from benchmarks.references import torchray_excitation
 
     if not has_torchvision:
         assert "torchvision" not in sys.modules and "torchvision.models.resnet" not in sys.modules

@@ -10,7 +10,7 @@ from flax import nnx
 
 from perturb_jax import methods
 from perturb_jax.methods import extremal_perturbation as ep
-from perturb_jax.models.vgg import VGG19BN
+from perturb_jax.runtime.vgg import VGG19BN
 
 
 @pytest.fixture(autouse=True)
@@ -152,7 +152,7 @@ def _whole_run(width_divisor, num_classes, size, batch, targets, areas, scale, i
     pytest.importorskip("torchray")
     from torch_fixtures import paired_models
 
-    from perturb_jax.method_references import torchray_extremal
+    from benchmarks.references import torchray_extremal
 
     torch_model, model = paired_models(num_classes, width_divisor)
     with torch.no_grad():

@@ -71,7 +71,7 @@ def test_random_masks_are_smooth_grids_with_probability_p():
 
 def test_our_masks_from_torchray_grids_and_shifts_are_torchrays():
     pytest.importorskip("torchray")
-    from perturb_jax.method_references import torchray_rise
+    from benchmarks.references import torchray_rise
 
     for size in ((64, 64), (50, 37)):
         masks, grids, shifts = torchray_rise.masks(70, 7, 0.5, size, seed=4)
@@ -82,7 +82,7 @@ def test_our_masks_from_torchray_grids_and_shifts_are_torchrays():
 def _parity(num_classes, width_divisor, size, batch, num_masks):
     pytest.importorskip("torch")
     pytest.importorskip("torchray")
-    from perturb_jax.method_references import torchray_rise
+    from benchmarks.references import torchray_rise
 
     torch_model, jax_model = paired_models(num_classes, width_divisor)
     rng = np.random.default_rng(5)

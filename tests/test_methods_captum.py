@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 from torch_fixtures import paired_models, run_method
 
-from perturb_jax.method_references import captum_methods
+from benchmarks.references import captum_methods
 from perturb_jax.methods import smoothgrad
 
 TOL = 1e-4

@@ -15,7 +15,7 @@ from perturb_jax.methods import (
     occlusion,
     smoothgrad,
 )
-from perturb_jax.models.vgg import VGG19BN, adaptive_avg_pool_matrix
+from perturb_jax.runtime.vgg import VGG19BN, adaptive_avg_pool_matrix
 
 
 def random_vgg(seed: int, shifts: float) -> VGG19BN:

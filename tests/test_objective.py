@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from perturb_jax import objective
-from perturb_jax.models.vgg import VGG19BN
+from perturb_jax.methods.perceptual_ball import objective
+from perturb_jax.runtime.vgg import VGG19BN
 
 
 def test_margin_hand_values():

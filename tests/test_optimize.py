@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from perturb_jax import lbfgs, optimize
+from perturb_jax.methods.perceptual_ball import lbfgs, optimize
 
 
 def rosenbrock(x):

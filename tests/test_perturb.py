@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from perturb_jax import config as config_lib
-from perturb_jax import objective, perturb
-from perturb_jax.models.vgg import VGG19BN
+from perturb_jax.explain import config as config_lib
+from perturb_jax.methods.perceptual_ball import objective, perturb
+from perturb_jax.runtime.vgg import VGG19BN
 
 
 @pytest.fixture(scope="module")

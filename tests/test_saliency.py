@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from perturb_jax import saliency
+from perturb_jax.methods.perceptual_ball import saliency
 
 
 def test_perturbation_norm_hand_value():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from perturb_jax import config as config_lib
-from perturb_jax import scoring
+from perturb_jax.explain import config as config_lib
+from eval import scoring
 
 
 def _split(maps, boxes, failed=None, original_size=None, boxes_original=None):

@@ -7,7 +7,8 @@ import runpy
 import jax
 import numpy as np
 
-from perturb_jax import checkpoint, train_classifier
+from perturb_jax.runtime import checkpoint
+from perturb_jax import train_classifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

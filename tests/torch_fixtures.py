@@ -6,7 +6,7 @@ import pytest
 def random_torch_model(num_classes, width_divisor, seed=0):
     """The torch replica in eval mode with random weights, biases and non-trivial batch-norm statistics."""
     torch = pytest.importorskip("torch")
-    from perturb_jax.torch_reference import TorchVGG19BN
+    from benchmarks.references.torch_reference import TorchVGG19BN
 
     torch.manual_seed(seed)
     model = TorchVGG19BN(num_classes, width_divisor).eval()
@@ -25,7 +25,7 @@ def random_torch_model(num_classes, width_divisor, seed=0):
 
 def paired_models(num_classes, width_divisor, seed=0):
     """(torch replica, the same network as a JAX ``VGG19BN``): identical weights and batch-norm statistics."""
-    from perturb_jax import convert_weights
+    from perturb_jax.runtime import convert_weights
 
     torch_model = random_torch_model(num_classes, width_divisor, seed)
     state_dict = {k: v.numpy().copy() for k, v in torch_model.state_dict().items()}  # no memory shared

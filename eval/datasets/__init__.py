@@ -32,7 +32,7 @@ def load(data_config, split: str, rows=None):
 def check_builder_config(data_config) -> None:
     """Raises ``ConfigError`` on ``config.data.builder_config`` when it is set for a dataset without builder configs
     (all but clutter_shapes) or names none of ``clutter_shapes.ClutterShapes``'s (empty means 'default')."""
-    from perturb_jax.config import ConfigError  # noqa: PLC0415 - perturb_jax.config imports this package
+    from perturb_jax.explain.config import ConfigError  # noqa: PLC0415 - perturb_jax.config imports this package
 
     value = data_config.get("builder_config") or ""
     if data_config.name != "clutter_shapes":
@@ -54,7 +54,7 @@ def check_split(data_config, split: str, field: str) -> None:
     import tensorflow_datasets as tfds  # noqa: PLC0415
 
     from eval.datasets import embedded, splits  # noqa: PLC0415
-    from perturb_jax.config import ConfigError  # noqa: PLC0415
+    from perturb_jax.explain.config import ConfigError  # noqa: PLC0415
 
     try:
         spec = tfds.core.ReadInstruction.from_spec(split)

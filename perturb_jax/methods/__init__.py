@@ -14,7 +14,7 @@ from perturb_jax.methods import common
 
 # name -> module: the perceptual ball, the nine other methods of Table 1, and the gradient and occlusion.
 _MODULES = {
-    "perceptual_ball": "perceptual_ball",
+    "perceptual_ball": "perceptual_ball.method",
     "gradient": "gradient",
     "guided_backprop": "guided_backprop",
     "grad_cam": "grad_cam",

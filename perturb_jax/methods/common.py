@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perturb_jax.models.vgg import VGG19BN
+from perturb_jax.runtime.vgg import VGG19BN
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from perturb_jax.models.vgg import VGG19BN
+from perturb_jax.runtime.vgg import VGG19BN
 
 
 class CheckpointError(ValueError):

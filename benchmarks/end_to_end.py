@@ -1,6 +1,6 @@
 r"""End to end on the same embedded images: the authors' procedure against our main job, speed and localisation error.
 
-    python -m perturb_jax.end_to_end --workdir=/tmp/end_to_end --out=/tmp/end_to_end.json
+    python -m benchmarks.end_to_end --workdir=/tmp/end_to_end --out=/tmp/end_to_end.json
 
 Both explain the guided config's (``configs/guided.py``) 200 tuning and 500 evaluation images of the embedded
 benchmark with the shipped classifier, store the maps in the main job's batch files (``WORKDIR/jax``,
@@ -46,9 +46,13 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import eval.datasets  # noqa: E402
-from perturb_jax import benchmark, cli, explain, objective, report, results_store, saliency, scoring  # noqa: E402
-from perturb_jax.checkpoint import CheckpointError  # noqa: E402
-from perturb_jax.config import ConfigError  # noqa: E402
+from benchmarks import explainer as benchmark
+from perturb_jax.runtime import cli
+from perturb_jax.explain import job as explain, report, results_store
+from perturb_jax.methods.perceptual_ball import objective, saliency
+from eval import scoring  # noqa: E402
+from perturb_jax.runtime.checkpoint import CheckpointError  # noqa: E402
+from perturb_jax.explain.config import ConfigError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
@@ -127,7 +131,7 @@ def explain_image_torch(model, x: np.ndarray, config, torch_steps: int) -> dict:
     """The authors' procedure on one normalised (H, W, C) image; the per-image values our job stores."""
     import torch  # noqa: PLC0415 - optional dependency.
 
-    from perturb_jax import torch_reference  # noqa: PLC0415 - needs torch.
+    from benchmarks.references import torch_reference  # noqa: PLC0415 - needs torch.
 
     p = config.perturb
     terms = dict(relu_layers=p.relu_layers, lam_perceptual=p.lam_perceptual, lam_pixel=p.lam_pixel,
@@ -245,7 +249,7 @@ def run(workdir: str, out: str, num_tune: int, num_eval: int, torch_steps: int, 
 
     rows = [ours, authors]
     result = dict(date=datetime.date.today().isoformat(),
-                  command=" ".join(["python -m perturb_jax.end_to_end"] + sys.argv[1:]),
+                  command=" ".join(["python -m benchmarks.end_to_end"] + sys.argv[1:]),
                   platform=benchmark.platform_info(), splits=dict(tune=config.data.tune_split,
                                                                   eval=config.data.eval_split),
                   config=json.loads(config.to_json()), torch_steps=torch_steps,

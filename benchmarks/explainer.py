@@ -1,7 +1,7 @@
 r"""Speed and memory of the perceptual-ball optimisation: our jitted JAX explainer against the PyTorch reference.
 
-    python -m perturb_jax.benchmark --batch_sizes_embedded=1,32 --batch_sizes_full=1 --out=/tmp/bench.json
-    python -m perturb_jax.benchmark --profile --batch_sizes_embedded=1,32 --batch_sizes_full=1
+    python -m benchmarks.explainer --batch_sizes_embedded=1,32 --batch_sizes_full=1 --out=/tmp/bench.json
+    python -m benchmarks.explainer --profile --batch_sizes_embedded=1,32 --batch_sizes_full=1
 
 What is timed, at equal steps (both L-BFGS tolerances 0, so each side runs a fixed number of iterations), at two
 step counts (``--steps`` and ``default_steps_lo``): the per-step cost is the difference of the fastest calls divided
@@ -66,8 +66,10 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from perturb_jax import checkpoint, config, convert_weights, lbfgs, objective, perturb
-from perturb_jax.models.vgg import NUM_RELUS, RELU_TO_TORCH_INDEX, VGG19BN
+from perturb_jax.runtime import checkpoint, convert_weights
+from perturb_jax.explain import config
+from perturb_jax.methods.perceptual_ball import lbfgs, objective, perturb
+from perturb_jax.runtime.vgg import NUM_RELUS, RELU_TO_TORCH_INDEX, VGG19BN
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -117,7 +119,7 @@ def build_weights(model_name: str, seed: int = 0):
     if HAS_TORCH:
         import torch  # noqa: PLC0415 - optional dependency.
 
-        from perturb_jax import torch_reference  # noqa: PLC0415 - needs torch.
+        from benchmarks.references import torch_reference  # noqa: PLC0415 - needs torch.
 
         torch.manual_seed(seed)
         tmodel = torch_reference.TorchVGG19BN(num_classes, width_divisor)
@@ -371,7 +373,7 @@ def measure_torch(model_name: str, batch_size: int, steps: int, repeats: int, st
     """Times ``torch_reference.perceptual_ball`` on one batch, on CUDA when available."""
     import torch  # noqa: PLC0415 - optional dependency.
 
-    from perturb_jax import torch_reference  # noqa: PLC0415 - needs torch.
+    from benchmarks.references import torch_reference  # noqa: PLC0415 - needs torch.
 
     torch.set_num_threads(os.cpu_count())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -491,7 +493,7 @@ def _run_worker(impl: str, model_name: str, batch_size: int, steps: int, repeats
     """``measure`` in a fresh subprocess of this script (for a clean peak memory); errors become a record."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, "-m", "perturb_jax.benchmark", f"--worker={impl}:{model_name}:{batch_size}",
+        cmd = [sys.executable, "-m", "benchmarks.explainer", f"--worker={impl}:{model_name}:{batch_size}",
                f"--steps={steps}", f"--repeats={repeats}", f"--dtype={FLAGS.dtype}", f"--out={path}"]
         if FLAGS.peak_tflops:
             cmd.append(f"--peak_tflops={FLAGS.peak_tflops}")
@@ -572,7 +574,7 @@ def main(argv):
     print(table(rows))
     print(f"load average before {info['load_average']}, after {info['load_average_after']}")
     if FLAGS.out:
-        record = dict(date=datetime.date.today().isoformat(), command=" ".join(["python -m perturb_jax.benchmark"]
+        record = dict(date=datetime.date.today().isoformat(), command=" ".join(["python -m benchmarks.explainer"]
                                                                                  + sys.argv[1:]),
                       platform=info, results=rows)
         with open(FLAGS.out, "w") as f:

@@ -9,7 +9,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from perturb_jax.models.vgg import RELU_TO_TORCH_INDEX, VGG19_CFG
+from perturb_jax.runtime.vgg import RELU_TO_TORCH_INDEX, VGG19_CFG
 
 DEFAULT_RELU_LAYERS = (5, 6, 7, 8, 9, 10)
 

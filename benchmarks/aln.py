@@ -1,6 +1,6 @@
 """Times the ALN's parts apart, so a user sees which one bounds training: the train step, SLIC, evaluation.
 
-  python -m aln_jax.benchmark --config=configs/aln.py --out=/tmp/aln_bench.json
+  python -m benchmarks.aln --config=configs/aln.py --out=/tmp/aln_bench.json
 
 - train step: images per second of the jitted min-max step (both networks, forward and backward) at
   ``config.batch_size`` on real embedded images and their superpixels, after a warm-up call (compile timed apart);

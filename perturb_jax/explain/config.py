@@ -14,8 +14,9 @@ import ml_collections
 import numpy as np
 
 import eval.datasets
-from perturb_jax import methods, objective, optimize, perturb
-from perturb_jax.models.vgg import LAYER_NAMES, NUM_RELUS
+from perturb_jax import methods
+from perturb_jax.methods.perceptual_ball import objective, optimize, perturb
+from perturb_jax.runtime.vgg import LAYER_NAMES, NUM_RELUS
 
 EMBEDDED_CHECKPOINT = os.path.join(os.path.dirname(__file__), "assets", "clutter_shapes_vgg19bn_w8")
 TRAIN_EMBEDDED = "python -m perturb_jax.train_classifier --config=configs/classifier.py --workdir=/tmp/classifier"
@@ -119,7 +120,7 @@ def method_settings(c: ml_collections.ConfigDict, name: str) -> dict:
 
 
 def distributed_config() -> ml_collections.ConfigDict:
-    """The ``distributed`` group of every job here: how ``perturb_jax.distributed.initialize`` joins a job."""
+    """The ``distributed`` group of every job here: how ``perturb_jax.runtime.distributed.initialize`` joins a job."""
     d = ml_collections.ConfigDict()
     d.mode = "auto"  # auto: initialise when SLURM, a TPU pod or the fields below ask for it.
     d.coordinator_address = ""  # e.g. 127.0.0.1:12345 (with num_processes and process_id).
@@ -131,7 +132,7 @@ def distributed_config() -> ml_collections.ConfigDict:
 
 def _imagenet(c: ml_collections.ConfigDict) -> None:
     """The paper's Table 1: torchvision VGG19_bn, the first 1000 ImageNet validation images, squash to 224."""
-    c.model.checkpoint = ""  # required: python -m perturb_jax.convert_weights writes it.
+    c.model.checkpoint = ""  # required: python -m perturb_jax.runtime.convert_weights writes it.
     c.model.mean, c.model.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     c.data.name = "imagenet2012"
     c.data.builder_config = ""  # clutter_shapes only.
@@ -256,7 +257,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None, num_p
     check_disjoint(d.tune_split, d.eval_split)
     if not c.model.checkpoint:
         _fail("model.checkpoint", "is empty; give the directory of an Orbax checkpoint "
-              "(python -m perturb_jax.convert_weights makes one from torchvision weights)")
+              "(python -m perturb_jax.runtime.convert_weights makes one from torchvision weights)")
     check_distributed(c.distributed)
     check_batch_size(c.batch_size, num_devices or jax.device_count(), num_processes or jax.process_count())
     if c.num_figures < 0:

@@ -1,6 +1,6 @@
 """Converts a torchvision ``vgg19_bn`` state_dict (``.pth``, ``.npz`` or ``.safetensors``) to an Orbax checkpoint.
 
-    python -m perturb_jax.convert_weights --torch_checkpoint=vgg19_bn-c79401a0.pth --out=DIR
+    python -m perturb_jax.runtime.convert_weights --torch_checkpoint=vgg19_bn-c79401a0.pth --out=DIR
 
 Parameters are mapped by key name: conv OIHW -> HWIO, BatchNorm weight/bias/running_mean/running_var ->
 scale/bias/mean/var, linear weights transposed, and ``classifier.0.weight`` permuted from torch's channel-first
@@ -19,8 +19,8 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from perturb_jax import checkpoint
-from perturb_jax.models.vgg import NUM_RELUS, RELU_TO_TORCH_INDEX, VGG19_CFG, VGG19BN
+from perturb_jax.runtime import checkpoint
+from perturb_jax.runtime.vgg import NUM_RELUS, RELU_TO_TORCH_INDEX, VGG19_CFG, VGG19BN
 
 _TORCH_SUFFIXES = (".pth", ".pt")
 _SAFETENSORS_DTYPES = {

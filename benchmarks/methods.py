@@ -1,9 +1,9 @@
 """Images per second of every method against its reference library: the same settings, the same images, the same
 CPU, the same run.
 
-  python -m perturb_jax.methods_benchmark --out=/tmp/methods_bench.json
-  python -m perturb_jax.methods_benchmark --methods=rise,occlusion --batch_size=32 --reference_images=8
-  python -m perturb_jax.methods_benchmark --methods=gradient --network_batches=8,32,256
+  python -m benchmarks.methods --out=/tmp/methods_bench.json
+  python -m benchmarks.methods --methods=rise,occlusion --batch_size=32 --reference_images=8
+  python -m benchmarks.methods --methods=gradient --network_batches=8,32,256
 
 The last also times the bare network on both sides (``network_rows``), which says where a row's time goes.
 
@@ -35,7 +35,10 @@ from absl import app, flags
 from flax import nnx
 
 import eval.datasets
-from perturb_jax import benchmark, checkpoint, config as config_lib, end_to_end, explain, methods
+from benchmarks import explainer as benchmark, end_to_end
+from perturb_jax.runtime import checkpoint
+from perturb_jax.explain import config as config_lib, job as explain
+from perturb_jax import methods
 from perturb_jax.methods import common, rise, smoothgrad
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,26 +64,26 @@ def reference_maps(name: str, torch_model, images: np.ndarray, targets: np.ndarr
             "saliency"] for image in images])
     options = {k: v for k, v in settings.items() if k != "chunk_size"}
     if name == "excitation_backprop":
-        from perturb_jax.method_references import torchray_excitation  # noqa: PLC0415
+        from benchmarks.references import torchray_excitation  # noqa: PLC0415
 
         return torchray_excitation.excitation_backprop(torch_model, x, t, **options)
     if name == "extremal_perturbation":
-        from perturb_jax.method_references import torchray_extremal  # noqa: PLC0415
+        from benchmarks.references import torchray_extremal  # noqa: PLC0415
 
         return torchray_extremal.run(torch_model, x, t, **options)["saliency"]
     if name == "rise":
-        from perturb_jax.method_references import torchray_rise  # noqa: PLC0415
+        from benchmarks.references import torchray_rise  # noqa: PLC0415
 
         given = np.asarray(rise.masks(key, images.shape[1:3], options["num_masks"], options["num_cells"],
                                       options["p"]))
         return torchray_rise.saliency(torch_model, x, t, given, num_cells=options["num_cells"], p=options["p"],
                                       batch_size=settings["chunk_size"])
     if name == "deepfool":
-        from perturb_jax.method_references import torchattacks_deepfool  # noqa: PLC0415
+        from benchmarks.references import torchattacks_deepfool  # noqa: PLC0415
 
         return torchattacks_deepfool.deepfool(torch_model, x, t, mean=options["mean"], std=options["std"],
                                               steps=options["steps"], overshoot=options["overshoot"])[0]
-    from perturb_jax.method_references import captum_methods  # noqa: PLC0415
+    from benchmarks.references import captum_methods  # noqa: PLC0415
 
     if name == "smoothgrad":
         noise = np.asarray(smoothgrad.noise(key, jnp.asarray(images), options["samples"], options["noise_level"]))

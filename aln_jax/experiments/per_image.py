@@ -1,11 +1,11 @@
 """The per-image bound of the ALN objective, optionally after random-occlusion fine-tuning of the classifier.
 
-  python -m aln_jax.per_image --config=configs/aln.py:paper --lambda_reg=4 --steps=300 --robust_steps=600
+  python -m aln_jax.experiments.per_image --config=configs/aln.py:paper --lambda_reg=4 --steps=300 --robust_steps=600
 
-No corruption network: for each evaluation image, ``aln_jax.diagnose.optimise_masks`` runs Adam on one logit per
+No corruption network: for each evaluation image, ``aln_jax.experiments.diagnose.optimise_masks`` runs Adam on one logit per
 superpixel, minimising the config's objective + lambda_reg * occluded area with the same Gumbel-max straight-through
 decisions and fill as training (Sec. 2.2-2.3), against a fixed classifier (``--classifier``, the shipped VGG19_bn by
-default, its batch norms folded): the 'optimum from nothing' of ``aln_jax.diagnose``. A corruption network amortises
+default, its batch norms folded): the 'optimum from nothing' of ``aln_jax.experiments.diagnose``. A corruption network amortises
 exactly this optimisation, so its masks cannot localise better than these on the same classifier.
 ``--robust_steps`` first fine-tunes the classifier on training images whose superpixels are occluded at random
 (a rate in [0, 0.5) per image, the config's fill), which stands in for the co-training that teaches it to ignore
@@ -25,10 +25,12 @@ from absl import app, flags, logging  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from aln_jax import data, diagnose, masking, step as step_lib, superpixels  # noqa: E402
-from perturb_jax import checkpoint, config as perturb_config  # noqa: E402
-from perturb_jax.cli import parse_flags  # noqa: E402
-from perturb_jax.models import vgg  # noqa: E402
+from aln_jax import data, masking, step as step_lib, superpixels
+from aln_jax.experiments import diagnose  # noqa: E402
+from perturb_jax.runtime import checkpoint
+from perturb_jax.explain import config as perturb_config  # noqa: E402
+from perturb_jax.runtime.cli import parse_flags  # noqa: E402
+from perturb_jax.runtime import vgg  # noqa: E402
 
 FLAGS = flags.FLAGS
 

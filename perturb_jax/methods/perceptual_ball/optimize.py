@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from perturb_jax import lbfgs
+from perturb_jax.methods.perceptual_ball import lbfgs
 
 OPTIMIZERS = ("lbfgs", "optax_lbfgs", "adam")
 

@@ -10,7 +10,8 @@ from PIL import Image, ImageDraw
 from skimage import io as skio
 from skimage import transform
 
-from perturb_jax import methods, scoring
+from perturb_jax import methods
+from eval import scoring
 
 # Anchors of a perceptually ordered dark-to-bright colour map (black, purple, orange, pale yellow).
 _CMAP = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float32)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from perturb_jax import objective, optimize, saliency
+from perturb_jax.methods.perceptual_ball import objective, optimize, saliency
 
 
 @dataclasses.dataclass(frozen=True)

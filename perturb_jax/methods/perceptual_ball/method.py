@@ -6,7 +6,7 @@ import dataclasses
 
 from flax import nnx
 
-from perturb_jax import perturb
+from perturb_jax.methods.perceptual_ball import perturb
 from perturb_jax.methods import common
 
 DIAGNOSTICS = ("margin", "margin_adv", "loss", "steps", "failed")

@@ -25,9 +25,12 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 import eval.datasets
-from perturb_jax import checkpoint, config as config_lib, distributed, methods, report, results_store, scoring
-from perturb_jax import sharding
-from perturb_jax import workdir as workdir_lib
+from perturb_jax.runtime import checkpoint, distributed
+from perturb_jax.explain import config as config_lib, report, results_store
+from perturb_jax import methods
+from eval import scoring
+from perturb_jax.runtime import sharding
+from perturb_jax.runtime import workdir as workdir_lib
 
 SPLITS = ("tune", "eval")
 # Fields that do not change any stored number: a run may resume with other values of these.
@@ -279,6 +282,6 @@ def _prepare_workdir(config, workdir: str) -> None:
 def _how_to_make(config) -> str:
     if config.model.checkpoint == config_lib.EMBEDDED_CHECKPOINT:
         return config_lib.TRAIN_EMBEDDED + f" --config.export_dir={config_lib.EMBEDDED_CHECKPOINT}"
-    return "python -m perturb_jax.convert_weights --torch_checkpoint=vgg19_bn-c79401a0.pth --out=" + \
+    return "python -m perturb_jax.runtime.convert_weights --torch_checkpoint=vgg19_bn-c79401a0.pth --out=" + \
         config.model.checkpoint
 

@@ -1,7 +1,7 @@
 """Where the ALN's objective has its minimum, and whether the corruption network finds it.
 
-  python -m aln_jax.diagnose --config=configs/aln.py --workdir=DIR [--num_images=200] [--steps=300] [--lambda_reg=L]
-  python -m aln_jax.diagnose --config=configs/aln.py --classifier=perturb_jax/assets/clutter_shapes_vgg19bn_w8
+  python -m aln_jax.experiments.diagnose --config=configs/aln.py --workdir=DIR [--num_images=200] [--steps=300] [--lambda_reg=L]
+  python -m aln_jax.experiments.diagnose --config=configs/aln.py --classifier=perturb_jax/assets/clutter_shapes_vgg19bn_w8
 
 On the first ``--num_images`` images of ``config.data.eval_split`` (at ``aln.image_size``, SLIC superpixels as
 ``config.slic``), each candidate occlusion mask is one 0/1 decision per superpixel broadcast to its pixels, as in
@@ -44,11 +44,11 @@ from skimage import transform  # noqa: E402
 import eval.datasets  # noqa: E402
 from aln_jax import evaluate, masking, objectives, step as step_lib, superpixels, train  # noqa: E402
 from eval import boxes as box_ops  # noqa: E402
-from perturb_jax import checkpoint, workdir as workdir_lib  # noqa: E402
-from perturb_jax.checkpoint import CheckpointError  # noqa: E402
-from perturb_jax.cli import parse_flags  # noqa: E402
-from perturb_jax.config import ConfigError  # noqa: E402
-from perturb_jax.models import vgg  # noqa: E402
+from perturb_jax.runtime import checkpoint, workdir as workdir_lib  # noqa: E402
+from perturb_jax.runtime.checkpoint import CheckpointError  # noqa: E402
+from perturb_jax.runtime.cli import parse_flags  # noqa: E402
+from perturb_jax.explain.config import ConfigError  # noqa: E402
+from perturb_jax.runtime import vgg  # noqa: E402
 
 ROWS = ("none", "object", "touching", "box", "centred square", "network", "optimum from nothing",
         "optimum from the object")

@@ -1,1 +1,0 @@
-"""Classifiers under explanation."""
