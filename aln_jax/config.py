@@ -2,7 +2,8 @@
 
 Every field can be overridden from the command line (``--config.train.target_accuracy=0.3``); the config is locked.
 ``validate`` turns a bad value into a one-line ``ConfigError`` naming the field, before anything is loaded or
-compiled. The protocol fields are those of the perceptual ball (``perturb_jax.explain.config``), so both are scored alike.
+compiled. The data and protocol groups are those of the explain job (``eval.datasets.data_config``,
+``eval.scoring.protocol_config``), so both are scored alike.
 """
 
 import json
@@ -14,8 +15,9 @@ import ml_collections
 import eval.datasets
 from aln_jax.masking import FILLS
 from aln_jax.objectives import OBJECTIVES
-from perturb_jax.explain import config as perturb_config
-from perturb_jax.explain.config import ConfigError, STRATEGIES
+from eval import scoring
+from eval.errors import ConfigError
+from perturb_jax.runtime import checkpoint, config_checks
 
 DATASETS = ("clutter_shapes", "imagenet2012")
 MAPS = ("superpixel", "pixel")
@@ -32,11 +34,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
 
-    c.distributed = perturb_config.distributed_config()
+    c.distributed = config_checks.distributed_config()
 
     # The perceptual ball's data fields (the readers of eval.datasets take them), the same tuning and evaluation images.
-    base = perturb_config.get_config()
-    c.data = ml_collections.ConfigDict(base.data.to_dict())
+    c.data = eval.datasets.data_config()
     c.data.image_size = 64  # evaluation images (and the stronger classifier's input); the ALN sees aln.image_size.
     c.data.train_split = "train"
     c.data.cache_dir = ""  # superpixel cache; empty means ~/.cache/perturb_jax/aln.
@@ -52,7 +53,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.slic.max_segments = 256  # segment ids are uint8.
     c.slic.workers = 2
 
-    embedded = perturb_config.EMBEDDED_CHECKPOINT
+    embedded = checkpoint.EMBEDDED
     c.aln = ml_collections.ConfigDict()
     c.aln.image_size = 64  # paper Sec. 3.3.
     c.aln.corruption_widths = (16, 32, 64, 128)  # encoder widths (ours; a VGG encoder has its own); the decoder
@@ -89,7 +90,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.eval.compare_results = ()  # results.json files of perturb_jax.main runs to put in the same table.
     c.eval.num_figures = 16
 
-    c.protocol = ml_collections.ConfigDict(base.protocol.to_dict())
+    c.protocol = scoring.protocol_config()
     names = variant.split(",") if variant else []
     for name in names:
         if name not in VARIANTS:
@@ -173,11 +174,11 @@ def _fail(field: str, message: str):
 
 def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int) -> None:
     """Checks every field the job reads; raises ``ConfigError`` with a one-line message naming the field."""
-    perturb_config.check_batch_size(c.batch_size, num_devices, num_processes)
+    config_checks.check_batch_size(c.batch_size, num_devices, num_processes)
     for field in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
         if not (isinstance(c[field], int) and c[field] >= 1):
             _fail(field, f"must be an integer >= 1, got {c[field]!r}")
-    perturb_config.check_distributed(c.distributed)
+    config_checks.check_distributed(c.distributed)
     t = c.train
     for field in ("target_accuracy", "lambda_reg", "lambda_rate", "lambda_min", "lambda_max",
                   "classifier_clean_weight", "preserve_weight", "corruption_learning_rate",
@@ -252,10 +253,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int)
               f"{c.data.eval_resolution!r}")
     if c.eval.batch_size < 1 or c.eval.num_figures < 0:
         _fail("eval.batch_size", "eval.batch_size must be >= 1 and eval.num_figures >= 0")
-    pr = c.protocol
-    if not pr.strategies or any(x not in STRATEGIES for x in pr.strategies):
-        _fail("protocol.strategies", f"must be a non-empty subset of {STRATEGIES}, got {tuple(pr.strategies)}")
-    perturb_config.check_disjoint(c.data.tune_split, c.data.eval_split)
+    scoring.check_protocol(c.protocol)
+    config_checks.check_disjoint(c.data.tune_split, c.data.eval_split)
 
 
 def _check_encoder(path: str, depth: int) -> None:
@@ -314,7 +313,7 @@ def departures() -> dict:
 def departures_table() -> str:
     """The README's markdown table of ``departures()`` with ``DEPARTURES``'s reasons, in that order."""
     def shown(value):
-        return "the shipped VGG19_bn" if value == perturb_config.EMBEDDED_CHECKPOINT else f"`{value}`"
+        return "the shipped VGG19_bn" if value == checkpoint.EMBEDDED else f"`{value}`"
 
     rows = ["| field | paper (`:paper`) | default | why |", "|---|---|---|---|"]
     diff = departures()

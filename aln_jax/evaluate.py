@@ -25,8 +25,8 @@ from skimage import transform
 import eval.datasets
 from eval import boxes as box_ops
 from eval import protocol
+from eval import report as eval_report
 from perturb_jax.runtime import distributed
-from perturb_jax.explain import report, results_store
 
 METHOD = "aln"
 GRADIENT = "input_gradient"
@@ -139,12 +139,12 @@ def gather(split: dict) -> dict:
     one process the result equals the input.
     """
     buffer = io.BytesIO()
-    np.savez(buffer, **{**split, "boxes": results_store.pad_boxes(split["boxes"])})
+    np.savez(buffer, **{**split, "boxes": box_ops.pad_boxes(split["boxes"])})
     shares = []
     for data in distributed.allgather_bytes(buffer.getvalue()):
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             share = dict(archive)
-        share["boxes"] = [b.astype(np.int32) for b in results_store.unpad_boxes(share["boxes"])]
+        share["boxes"] = [b.astype(np.int32) for b in box_ops.unpad_boxes(share["boxes"])]
         shares.append(share)
     return merge_shares(shares)
 
@@ -407,11 +407,11 @@ def markdown_table(summary: dict) -> str:
 
 
 def _heat(saliency: np.ndarray, size) -> np.ndarray:
-    """A map colourised (``report.colourise``) at ``size``, each of its pixels a block (nearest neighbour)."""
+    """A map colourised (``eval_report.colourise``) at ``size``, each of its pixels a block (nearest neighbour)."""
     s = np.asarray(saliency, np.float32)
     if s.shape != tuple(size):
         s = transform.resize(s, size, order=0, mode="edge", anti_aliasing=False, preserve_range=True)
-    return report.colourise(s)
+    return eval_report.colourise(s)
 
 
 def figure(images, masked, prob_small, prob, gt_boxes) -> np.ndarray:
@@ -423,23 +423,23 @@ def figure(images, masked, prob_small, prob, gt_boxes) -> np.ndarray:
             hidden = transform.resize(hidden, size, order=0, anti_aliasing=False, preserve_range=True)
         boxed = image.copy()
         for b in gt:
-            report.draw_box(boxed, b, report.GT_COLOUR)
-        report.draw_box(boxed, box_ops.adaptive_threshold_box(full), report.PRED_COLOUR)
+            eval_report.draw_box(boxed, b, eval_report.GT_COLOUR)
+        eval_report.draw_box(boxed, box_ops.adaptive_threshold_box(full), eval_report.PRED_COLOUR)
         rows.append([image, hidden.astype(np.uint8), _heat(small, size), boxed])
-    return report.grid(rows, FIGURE_COLUMNS, max(1, 192 // images[0].shape[0]))
+    return eval_report.grid(rows, FIGURE_COLUMNS, max(1, 192 // images[0].shape[0]))
 
 
 def ablation_figure(path: str, images, prob_a, prob_b, labels=("co-trained", "classifier frozen")) -> None:
     """Sec. 3.4's ablation (paper Figure 4): per image [image | map of run a | map of run b], saved at ``path``."""
     size = images[0].shape[:2]
     rows = [[image, _heat(a, size), _heat(b, size)] for image, a, b in zip(images, prob_a, prob_b)]
-    skio.imsave(path, report.grid(rows, ("image", *labels), max(1, 192 // size[0])), check_contrast=False)
+    skio.imsave(path, eval_report.grid(rows, ("image", *labels), max(1, 192 // size[0])), check_contrast=False)
 
 
 def write_report(out_dir: str, config, summary: dict, per_image: list[dict], evaluation: dict) -> None:
     """Writes table.md, results.json (summary and per-image rows), results.csv and figure.png into ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
-    report.write_results(out_dir, summary, per_image)
+    eval_report.write_results(out_dir, summary, per_image)
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(markdown_table(summary))
     figure_path = os.path.join(out_dir, "figure.png")

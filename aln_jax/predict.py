@@ -12,8 +12,8 @@ from flax import nnx
 from skimage import transform
 
 from aln_jax import masking, step as step_lib, superpixels
+from perturb_jax.methods import common
 from perturb_jax.runtime import checkpoint
-from perturb_jax.methods.perceptual_ball import saliency
 
 
 def make_predict_fn(config, corruption_def: nnx.GraphDef, classifier_def: nnx.GraphDef, params: dict):
@@ -61,7 +61,7 @@ def make_strong_fn(config):
     """``strong_fn(images) -> {predicted, gradient}`` of the stronger classifier ``config.eval.strong_checkpoint``.
 
     ``gradient`` is its input gradient for its predicted class, max |.| over channels (the project's gradient
-    baseline, ``perturb_jax.methods.perceptual_ball.saliency.gradient_magnitude``).
+    baseline, ``perturb_jax.methods.common.max_abs_over_channels``).
     """
     model = checkpoint.load_model(config.eval.strong_checkpoint)
     graphdef, state = nnx.split(model)
@@ -73,6 +73,6 @@ def make_strong_fn(config):
         logits = nnx.merge(graphdef, state)(x)[0]
         predicted = jnp.argmax(logits, -1)
         grads = jax.vmap(jax.grad(lambda xi, t: nnx.merge(graphdef, state)(xi[None])[0][0, t]))(x, predicted)
-        return dict(predicted=predicted, gradient=saliency.gradient_magnitude(grads))
+        return dict(predicted=predicted, gradient=common.max_abs_over_channels(grads))
 
     return lambda images: jax.tree.map(np.asarray, strong(state, images))

@@ -25,7 +25,7 @@ from perturb_jax.runtime import metrics_writer
 import eval.datasets
 from perturb_jax.runtime import checkpoint, distributed, sharding, workdir as workdir_lib
 from perturb_jax.runtime import vgg
-from perturb_jax.explain.config import ConfigError
+from eval.errors import ConfigError
 
 NUM_CLASSES = {"clutter_shapes": 10, "imagenet2012": 1000}
 # Fields that change no trained number: a run may resume with other values of these.

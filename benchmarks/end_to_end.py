@@ -46,13 +46,14 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import eval.datasets  # noqa: E402
-from benchmarks import explainer as benchmark
-from perturb_jax.runtime import cli
-from perturb_jax.explain import job as explain, report, results_store
-from perturb_jax.methods.perceptual_ball import objective, saliency
+from benchmarks import explainer as benchmark  # noqa: E402
+from eval import boxes as box_ops  # noqa: E402
 from eval import scoring  # noqa: E402
+from eval.errors import ConfigError  # noqa: E402
+from perturb_jax.explain import job as explain, report, results_store  # noqa: E402
+from perturb_jax.methods.perceptual_ball import objective, saliency  # noqa: E402
+from perturb_jax.runtime import cli  # noqa: E402
 from perturb_jax.runtime.checkpoint import CheckpointError  # noqa: E402
-from perturb_jax.explain.config import ConfigError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
@@ -173,8 +174,8 @@ def explain_split_torch(model, config, workdir: str, split_name: str, split: str
             record.update(
                 image_id=np.array([ex["image_id"] for ex in batch]), predicted=out.pop("predicted"),
                 target=out.pop("target"), label=np.array([ex["label"] for ex in batch], np.int32),
-                boxes=results_store.pad_boxes([ex["boxes"] for ex in batch]),
-                boxes_original=results_store.pad_boxes([ex["boxes_original"] for ex in batch]),
+                boxes=box_ops.pad_boxes([ex["boxes"] for ex in batch]),
+                boxes_original=box_ops.pad_boxes([ex["boxes_original"] for ex in batch]),
                 original_size=np.array([ex["original_size"] for ex in batch], np.int32))
             timing = dict(batch_seconds=np.array([seconds]), batch_compile_seconds=np.zeros(1),
                           batch_images=np.array([len(batch)]))

@@ -215,3 +215,19 @@ def box_to_size(box, from_size, to_size):
     """
     scale = np.tile(np.asarray(to_size, dtype=np.float64) / np.asarray(from_size, dtype=np.float64), 2)
     return np.floor(np.asarray(box, dtype=np.float64) * scale).astype(np.int32)
+
+
+MAX_BOXES_FILL = -1
+
+
+def pad_boxes(boxes: list[np.ndarray]) -> np.ndarray:
+    """A list of (n_i, 4) boxes as one (len, max n_i, 4) array padded with -1."""
+    n = max([len(b) for b in boxes] + [1])
+    out = np.full((len(boxes), n, 4), MAX_BOXES_FILL, np.int32)
+    for i, b in enumerate(boxes):
+        out[i, : len(b)] = b
+    return out
+
+
+def unpad_boxes(padded: np.ndarray) -> list[np.ndarray]:
+    return [b[b[:, 0] != MAX_BOXES_FILL] for b in padded]

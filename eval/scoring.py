@@ -8,6 +8,9 @@ import numpy as np
 
 from eval import boxes as box_ops
 from eval import protocol
+from eval.errors import ConfigError
+
+STRATEGIES = ("value", "mean", "energy")  # the order of the tables
 
 
 def method_label(config: ml_collections.ConfigDict, method: str) -> str:
@@ -153,3 +156,34 @@ def _scalar(value):
     if value.ndim:
         return [round(float(v), 6) for v in value.ravel()]
     return bool(value) if value.dtype == bool else int(value) if value.dtype.kind in "iu" else float(value)
+
+
+def protocol_config() -> ml_collections.ConfigDict:
+    """The ``protocol`` group both jobs score with (``score``'s settings)."""
+    p = ml_collections.ConfigDict()
+    p.strategies = STRATEGIES
+    p.largest_component = True  # paper Sec. 3; False boxes every kept pixel (Fong & Vedaldi).
+    p.value_alphas = tuple(np.round(np.arange(0, 0.951, 0.05), 2).tolist())
+    p.energy_alphas = tuple(np.round(np.arange(0, 0.951, 0.05), 2).tolist())
+    p.mean_alphas = tuple(np.round(np.arange(0, 10.01, 0.5), 2).tolist())
+    p.max_box_acc_interval = 0.01  # wsolevaluation's cam_curve_interval.
+    # Without tuning images (a folder of photos) each strategy is reported at these (our choice).
+    p.given_alphas = ml_collections.ConfigDict({"value": 0.5, "mean": 1.0, "energy": 0.5})
+    return p
+
+
+def _fail(field: str, message: str):
+    raise ConfigError(f"config.{field}: {message}")
+
+
+def check_protocol(pr: ml_collections.ConfigDict) -> None:
+    """Checks the ``protocol`` group; a bad value raises a one-line ``ConfigError`` naming the field."""
+    if not pr.strategies or any(s not in STRATEGIES for s in pr.strategies):
+        _fail("protocol.strategies", f"must be a non-empty subset of {STRATEGIES}, got {tuple(pr.strategies)}")
+    for strategy, upper in (("value", 1.0), ("energy", 1.0), ("mean", None)):
+        alphas = tuple(pr[f"{strategy}_alphas"])
+        if not alphas or any(not a >= 0 or (upper is not None and a > upper) for a in alphas):
+            bound = f"in [0, {upper}]" if upper is not None else ">= 0"
+            _fail(f"protocol.{strategy}_alphas", f"every alpha must be {bound}, got {alphas}")
+    if not 0 < pr.max_box_acc_interval < 1:
+        _fail("protocol.max_box_acc_interval", f"must be in (0, 1), got {pr.max_box_acc_interval}")

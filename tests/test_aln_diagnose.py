@@ -15,7 +15,8 @@ import pytest
 from aln_jax import config as config_lib, step as step_lib, train
 from aln_jax.experiments import diagnose
 from perturb_jax.runtime import workdir as workdir_lib
-from perturb_jax.explain.config import EMBEDDED_CHECKPOINT, ConfigError
+from eval.errors import ConfigError
+from perturb_jax.runtime.checkpoint import EMBEDDED as EMBEDDED_CHECKPOINT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from aln_jax import config as config_lib, train
-from perturb_jax.explain.config import ConfigError
+from eval.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "aln_worker.py")
@@ -166,7 +166,7 @@ def test_bad_configs_fail_in_one_line():
 
 def test_classifier_checkpoint_of_other_classes_is_refused():
     c = config_lib.get_config("imagenet")
-    from perturb_jax.explain.config import EMBEDDED_CHECKPOINT  # noqa: PLC0415
+    from perturb_jax.runtime.checkpoint import EMBEDDED as EMBEDDED_CHECKPOINT  # noqa: PLC0415
     c.aln.classifier = EMBEDDED_CHECKPOINT
     with pytest.raises(ConfigError, match="aln.classifier: .* has 10 classes, imagenet2012 has 1000"):
         train.build_models(c, 1000)

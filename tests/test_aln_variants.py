@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from aln_jax import config as config_lib, masking, models, objectives, step as step_lib, train
-from perturb_jax.explain.config import ConfigError, EMBEDDED_CHECKPOINT
+from eval.errors import ConfigError, EMBEDDED_CHECKPOINT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,7 +9,7 @@ from skimage import draw
 
 import eval.datasets
 from eval.datasets import clutter_shapes, embedded
-from perturb_jax.explain.config import ConfigError
+from eval.errors import ConfigError
 
 
 def _reference_box(mask):

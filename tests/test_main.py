@@ -14,7 +14,7 @@ from flax import nnx
 from eval import boxes as box_ops
 from perturb_jax.runtime import checkpoint
 from perturb_jax.explain import job as explain, results_store
-from perturb_jax.explain.config import ConfigError
+from eval.errors import ConfigError
 from perturb_jax.runtime.vgg import VGG19BN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

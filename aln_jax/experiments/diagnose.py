@@ -47,7 +47,7 @@ from eval import boxes as box_ops  # noqa: E402
 from perturb_jax.runtime import checkpoint, workdir as workdir_lib  # noqa: E402
 from perturb_jax.runtime.checkpoint import CheckpointError  # noqa: E402
 from perturb_jax.runtime.cli import parse_flags  # noqa: E402
-from perturb_jax.explain.config import ConfigError  # noqa: E402
+from eval.errors import ConfigError  # noqa: E402
 from perturb_jax.runtime import vgg  # noqa: E402
 
 ROWS = ("none", "object", "touching", "box", "centred square", "network", "optimum from nothing",

@@ -13,6 +13,10 @@ Loaders yield examples in a fixed order, so that a resumed run sees the same ima
 
 import importlib
 
+import ml_collections
+
+from eval.errors import ConfigError
+
 _LOADERS = {
     "clutter_shapes": "eval.datasets.embedded",
     "imagenet2012": "eval.datasets.ilsvrc",
@@ -32,7 +36,6 @@ def load(data_config, split: str, rows=None):
 def check_builder_config(data_config) -> None:
     """Raises ``ConfigError`` on ``config.data.builder_config`` when it is set for a dataset without builder configs
     (all but clutter_shapes) or names none of ``clutter_shapes.ClutterShapes``'s (empty means 'default')."""
-    from perturb_jax.explain.config import ConfigError  # noqa: PLC0415 - perturb_jax.config imports this package
 
     value = data_config.get("builder_config") or ""
     if data_config.name != "clutter_shapes":
@@ -54,7 +57,6 @@ def check_split(data_config, split: str, field: str) -> None:
     import tensorflow_datasets as tfds  # noqa: PLC0415
 
     from eval.datasets import embedded, splits  # noqa: PLC0415
-    from perturb_jax.explain.config import ConfigError  # noqa: PLC0415
 
     try:
         spec = tfds.core.ReadInstruction.from_spec(split)
@@ -82,3 +84,22 @@ def check_split(data_config, split: str, field: str) -> None:
         example = next((n for n in names if n in sizes), next(iter(sizes)))
         raise ConfigError(f"config.{field}: {split!r} {what} ({where}); give a non-empty slice within them, e.g. "
                           f"'{example}[:{sizes[example]}]'")
+
+
+def data_config() -> ml_collections.ConfigDict:
+    """The ``data`` group both jobs start from: the embedded benchmark, its tuning and evaluation images."""
+    d = ml_collections.ConfigDict()
+    d.name = "clutter_shapes"
+    d.builder_config = "default"
+    d.data_dir = ""  # TFDS data_dir; empty means TFDS's default (~/tensorflow_datasets).
+    d.manual_dir = ""
+    d.boxes = ""
+    d.folder = ""
+    d.image_size = 64
+    d.resize = "squash"
+    d.order = "file_name"
+    d.eval_resolution = "model"
+    # The tuning images pick each strategy's threshold; the evaluation images report it (never the same images).
+    d.tune_split = "validation[:200]"
+    d.eval_split = "validation[1000:1500]"
+    return d

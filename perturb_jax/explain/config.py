@@ -5,32 +5,26 @@ locked, so a misspelt key fails. ``validate`` turns a bad value into a one-line 
 before anything is loaded or compiled.
 """
 
-import math
-import os
-import re
 
 import jax
 import ml_collections
-import numpy as np
 
 import eval.datasets
+from eval import scoring
+from eval.errors import ConfigError
 from perturb_jax import methods
 from perturb_jax.methods.perceptual_ball import objective, optimize, perturb
+from perturb_jax.runtime import checkpoint
+from perturb_jax.runtime.config_checks import (check_batch_size, check_disjoint, check_distributed, choice,
+                                                distributed_config, fail)
 from perturb_jax.runtime.vgg import LAYER_NAMES, NUM_RELUS
 
-EMBEDDED_CHECKPOINT = os.path.join(os.path.dirname(__file__), "assets", "clutter_shapes_vgg19bn_w8")
-TRAIN_EMBEDDED = "python -m perturb_jax.train_classifier --config=configs/classifier.py --workdir=/tmp/classifier"
+EMBEDDED_CHECKPOINT = checkpoint.EMBEDDED
 DATASETS = ("clutter_shapes", "imagenet2012", "caltech_birds2011", "folder")
-STRATEGIES = ("value", "mean", "energy")
 TARGETS = ("predicted", "ground_truth")
 EVAL_RESOLUTIONS = ("model", "original")
-DISTRIBUTED = ("auto", "on", "off")
 # Method options the runner fills from config.model (DeepFool works in pixel space).
 FROM_MODEL = ("mean", "std")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot run; the message names the field and the fix."""
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -48,24 +42,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.distributed = distributed_config()
 
     c.model = ml_collections.ConfigDict()
-    c.model.checkpoint = EMBEDDED_CHECKPOINT  # our choice: shipped, made by TRAIN_EMBEDDED.
+    c.model.checkpoint = EMBEDDED_CHECKPOINT  # our choice: shipped, made by checkpoint.TRAIN_EMBEDDED.
     c.model.mean = (0.5, 0.5, 0.5)
     c.model.std = (0.25, 0.25, 0.25)
 
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "clutter_shapes"
-    c.data.builder_config = "default"
-    c.data.data_dir = ""  # TFDS data_dir; empty means TFDS's default (~/tensorflow_datasets).
-    c.data.manual_dir = ""
-    c.data.boxes = ""
-    c.data.folder = ""
-    c.data.image_size = 64
-    c.data.resize = "squash"
-    c.data.order = "file_name"
-    c.data.eval_resolution = "model"
-    # The tuning images pick each strategy's threshold; the evaluation images report it (never the same images).
-    c.data.tune_split = "validation[:200]"
-    c.data.eval_split = "validation[1000:1500]"
+    c.data = eval.datasets.data_config()
 
     c.perturb = ml_collections.ConfigDict()
     c.perturb.relu_layers = tuple(range(2, 14))
@@ -84,15 +65,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.saliency.guided = True
     c.saliency.smoothing_sigma = 2.0  # authors' code.
 
-    c.protocol = ml_collections.ConfigDict()
-    c.protocol.strategies = STRATEGIES
-    c.protocol.largest_component = True  # paper Sec. 3; False boxes every kept pixel (Fong & Vedaldi).
-    c.protocol.value_alphas = tuple(np.round(np.arange(0, 0.951, 0.05), 2).tolist())
-    c.protocol.energy_alphas = tuple(np.round(np.arange(0, 0.951, 0.05), 2).tolist())
-    c.protocol.mean_alphas = tuple(np.round(np.arange(0, 10.01, 0.5), 2).tolist())
-    c.protocol.max_box_acc_interval = 0.01  # wsolevaluation's cam_curve_interval.
-    # Without tuning images (a folder of photos) each strategy is reported at these (our choice).
-    c.protocol.given_alphas = ml_collections.ConfigDict({"value": 0.5, "mean": 1.0, "energy": 0.5})
+    c.protocol = scoring.protocol_config()
     if variant not in VARIANTS:
         raise ConfigError(f"config variant {variant!r} is unknown; known: {sorted(VARIANTS)}")
     VARIANTS[variant](c)
@@ -117,17 +90,6 @@ def method_settings(c: ml_collections.ConfigDict, name: str) -> dict:
     wanted = methods.get(name).options
     options |= {k: tuple(float(v) for v in c.model[k]) for k in FROM_MODEL if k in wanted}
     return options | {"chunk_size": int(c.chunk_size)}
-
-
-def distributed_config() -> ml_collections.ConfigDict:
-    """The ``distributed`` group of every job here: how ``perturb_jax.runtime.distributed.initialize`` joins a job."""
-    d = ml_collections.ConfigDict()
-    d.mode = "auto"  # auto: initialise when SLURM, a TPU pod or the fields below ask for it.
-    d.coordinator_address = ""  # e.g. 127.0.0.1:12345 (with num_processes and process_id).
-    d.num_processes = 0
-    d.process_id = -1
-    d.initialization_timeout = 120  # seconds to reach the coordinator.
-    return d
 
 
 def _imagenet(c: ml_collections.ConfigDict) -> None:
@@ -175,26 +137,6 @@ def _embedded(c: ml_collections.ConfigDict) -> None:
 VARIANTS = {"": _embedded, "imagenet": _imagenet, "cub": _cub, "folder": _folder, "tiny": _tiny}
 
 
-def _fail(field: str, message: str):
-    raise ConfigError(f"config.{field}: {message}")
-
-
-def check_distributed(d: ml_collections.ConfigDict) -> None:
-    """Checks the ``distributed`` group (``distributed_config``); the coordinator fields are checked on joining."""
-    _choice("distributed.mode", d.mode, DISTRIBUTED)
-    if not d.initialization_timeout > 0:
-        _fail("distributed.initialization_timeout", f"must be > 0 seconds, got {d.initialization_timeout}")
-
-
-def check_batch_size(batch_size: int, num_devices: int, num_processes: int, field: str = "batch_size") -> None:
-    """A global batch must split evenly over the processes and over the devices."""
-    if batch_size < 1 or batch_size % num_devices or batch_size % num_processes:
-        where = f" in {num_processes} processes" if num_processes > 1 else ""
-        multiple = math.lcm(num_devices, num_processes)
-        _fail(field, f"{batch_size} does not divide over the {num_devices} devices{where}; "
-              f"use a multiple of {multiple}")
-
-
 def validate(c: ml_collections.ConfigDict, num_devices: int | None = None, num_processes: int | None = None) -> None:
     """Checks every field the job reads; raises ``ConfigError`` with a one-line message naming the field.
 
@@ -203,65 +145,56 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None, num_p
     p = c.perturb
     layers = tuple(p.relu_layers)
     if not layers:
-        _fail("perturb.relu_layers", f"is empty; give ReLU numbers from 1 to {NUM_RELUS}, e.g. (5, 6, 7, 8, 9, 10)")
+        fail("perturb.relu_layers", f"is empty; give ReLU numbers from 1 to {NUM_RELUS}, e.g. (5, 6, 7, 8, 9, 10)")
     bad = [k for k in layers if not isinstance(k, int) or not 1 <= k <= NUM_RELUS]
     if bad:
-        _fail("perturb.relu_layers", f"{bad} outside 1-{NUM_RELUS} (ReLU numbers count the 16 VGG19_bn ReLUs from 1)")
+        fail("perturb.relu_layers", f"{bad} outside 1-{NUM_RELUS} (ReLU numbers count the 16 VGG19_bn ReLUs from 1)")
     for field in ("lam_perceptual", "lam_pixel"):
         if not p[field] >= 0:
-            _fail(f"perturb.{field}", f"must be >= 0, got {p[field]}")
+            fail(f"perturb.{field}", f"must be >= 0, got {p[field]}")
     for field in ("max_steps", "history_size"):
         if not (isinstance(p[field], int) and p[field] >= 1):
-            _fail(f"perturb.{field}", f"must be an integer >= 1, got {p[field]}")
+            fail(f"perturb.{field}", f"must be an integer >= 1, got {p[field]}")
     if not p.learning_rate > 0:
-        _fail("perturb.learning_rate", f"must be > 0, got {p.learning_rate}")
+        fail("perturb.learning_rate", f"must be > 0, got {p.learning_rate}")
     for field in ("tolerance_grad", "tolerance_change"):
         if not p[field] >= 0:
-            _fail(f"perturb.{field}", f"must be >= 0, got {p[field]}")
-    _choice("perturb.reduction", p.reduction, objective.REDUCTIONS)
-    _choice("target", c.target, TARGETS)
+            fail(f"perturb.{field}", f"must be >= 0, got {p[field]}")
+    choice("perturb.reduction", p.reduction, objective.REDUCTIONS)
+    choice("target", c.target, TARGETS)
     check_methods(c)
-    _choice("perturb.optimizer", p.optimizer, optimize.OPTIMIZERS)
+    choice("perturb.optimizer", p.optimizer, optimize.OPTIMIZERS)
     if not c.saliency.smoothing_sigma >= 0:
-        _fail("saliency.smoothing_sigma", f"must be >= 0, got {c.saliency.smoothing_sigma}")
+        fail("saliency.smoothing_sigma", f"must be >= 0, got {c.saliency.smoothing_sigma}")
 
-    pr = c.protocol
-    if not pr.strategies or any(s not in STRATEGIES for s in pr.strategies):
-        _fail("protocol.strategies", f"must be a non-empty subset of {STRATEGIES}, got {tuple(pr.strategies)}")
-    for strategy, upper in (("value", 1.0), ("energy", 1.0), ("mean", None)):
-        alphas = tuple(pr[f"{strategy}_alphas"])
-        if not alphas or any(not a >= 0 or (upper is not None and a > upper) for a in alphas):
-            bound = f"in [0, {upper}]" if upper is not None else ">= 0"
-            _fail(f"protocol.{strategy}_alphas", f"every alpha must be {bound}, got {alphas}")
-    if not 0 < pr.max_box_acc_interval < 1:
-        _fail("protocol.max_box_acc_interval", f"must be in (0, 1), got {pr.max_box_acc_interval}")
+    scoring.check_protocol(c.protocol)
 
     d = c.data
-    _choice("data.name", d.name, DATASETS)
+    choice("data.name", d.name, DATASETS)
     eval.datasets.check_builder_config(d)
-    _choice("data.eval_resolution", d.eval_resolution, EVAL_RESOLUTIONS)
+    choice("data.eval_resolution", d.eval_resolution, EVAL_RESOLUTIONS)
     if d.image_size < 32:
-        _fail("data.image_size", f"must be >= 32 (VGG19_bn halves it five times), got {d.image_size}")
+        fail("data.image_size", f"must be >= 32 (VGG19_bn halves it five times), got {d.image_size}")
     if len(c.model.mean) != 3 or len(c.model.std) != 3 or min(c.model.std) <= 0:
-        _fail("model.std", "model.mean and model.std need three values each, std > 0")
+        fail("model.std", "model.mean and model.std need three values each, std > 0")
     if d.name == "folder" and not d.folder:
-        _fail("data.folder", "is empty; give the folder of images (JPEG, PNG; optional Pascal-VOC .xml beside each)")
+        fail("data.folder", "is empty; give the folder of images (JPEG, PNG; optional Pascal-VOC .xml beside each)")
     if d.name == "imagenet2012" and not (d.manual_dir and d.boxes):
-        _fail("data.manual_dir" if not d.manual_dir else "data.boxes",
+        fail("data.manual_dir" if not d.manual_dir else "data.boxes",
               "is empty; ImageNet needs --config.data.manual_dir=DIR holding ILSVRC2012_img_val.tar and "
               "--config.data.boxes=ILSVRC2012_bbox_val_v3.tgz, a folder of its XMLs, or LOC_val_solution.csv")
     if d.name == "folder" and c.target == "ground_truth":
-        _fail("target", "ground_truth needs labels, and a folder of photos has none; use predicted")
+        fail("target", "ground_truth needs labels, and a folder of photos has none; use predicted")
     if not d.eval_split:
-        _fail("data.eval_split", "is empty; name the images to explain, e.g. validation[:1000]")
+        fail("data.eval_split", "is empty; name the images to explain, e.g. validation[:1000]")
     check_disjoint(d.tune_split, d.eval_split)
     if not c.model.checkpoint:
-        _fail("model.checkpoint", "is empty; give the directory of an Orbax checkpoint "
+        fail("model.checkpoint", "is empty; give the directory of an Orbax checkpoint "
               "(python -m perturb_jax.runtime.convert_weights makes one from torchvision weights)")
     check_distributed(c.distributed)
     check_batch_size(c.batch_size, num_devices or jax.device_count(), num_processes or jax.process_count())
     if c.num_figures < 0:
-        _fail("num_figures", f"must be >= 0, got {c.num_figures}")
+        fail("num_figures", f"must be >= 0, got {c.num_figures}")
 
 
 def method_names(value) -> tuple[str, ...]:
@@ -275,13 +208,13 @@ def check_methods(c: ml_collections.ConfigDict) -> None:
     c.methods = names = method_names(c.methods)
     unknown = [m for m in names if m not in methods.NAMES]
     if not names or unknown or len(set(names)) != len(names):
-        _fail("methods", f"{names} must name each method once, from {', '.join(methods.NAMES)}")
+        fail("methods", f"{names} must name each method once, from {', '.join(methods.NAMES)}")
     if isinstance(c.chunk_size, bool) or not isinstance(c.chunk_size, int) or c.chunk_size < 1:
-        _fail("chunk_size", f"must be an integer >= 1 (network evaluations per pass), got {c.chunk_size!r}")
-    for strategy in STRATEGIES:
+        fail("chunk_size", f"must be an integer >= 1 (network evaluations per pass), got {c.chunk_size!r}")
+    for strategy in scoring.STRATEGIES:
         alpha = c.protocol.given_alphas[strategy]
         if not alpha >= 0 or (strategy != "mean" and alpha > 1):
-            _fail(f"protocol.given_alphas.{strategy}", f"must be in [0, 1] ([0, inf) for mean), got {alpha}")
+            fail(f"protocol.given_alphas.{strategy}", f"must be in [0, 1] ([0, inf) for mean), got {alpha}")
     for name in c.method:
         for key, option in methods.get(name).options.items():
             if key not in FROM_MODEL:
@@ -302,39 +235,12 @@ def _check_option(field: str, value, option) -> None:
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        _fail(field, f"must be of type {type(default).__name__} (like the default {default!r}), got {value!r}")
+        fail(field, f"must be of type {type(default).__name__} (like the default {default!r}), got {value!r}")
     if option.choices and value not in option.choices:
-        _fail(field, f"must be one of {option.choices}, got {value!r}")
+        fail(field, f"must be one of {option.choices}, got {value!r}")
     values = value if isinstance(value, (tuple, list)) else (value,)
     if option.minimum is not None and any(v < option.minimum for v in values):
-        _fail(field, f"must be >= {option.minimum}, got {value!r}")
+        fail(field, f"must be >= {option.minimum}, got {value!r}")
     if option.layer and value not in LAYER_NAMES:
-        _fail(field, f"{value!r} is not a layer of VGG19_bn; accepted: features.0 to features.52, avgpool, "
+        fail(field, f"{value!r} is not a layer of VGG19_bn; accepted: features.0 to features.52, avgpool, "
               "classifier.0 to classifier.6 (torchvision module names; features.51 is ReLU 16)")
-
-
-def _slice(split: str) -> tuple[str, int | None, int | None] | None:
-    """'validation[1000:1512]' -> ('validation', 1000, 1512); None for what is not a plain integer slice."""
-    m = re.fullmatch(r"(\w+)(?:\[(-?\d*):(-?\d*)\])?", split.strip())
-    if not m:
-        return None
-    start, stop = (int(v) if v else None for v in m.group(2, 3))
-    if (start or 0) < 0 or (stop or 0) < 0:
-        return None
-    return m.group(1), start, stop
-
-
-def check_disjoint(tune: str, evaluation: str) -> None:
-    """The tuning images must not be the evaluation images (checked where both are integer slices of one split)."""
-    a, b = _slice(tune) if tune else None, _slice(evaluation)
-    if not a or not b or a[0] != b[0]:
-        return
-    lo, hi = max(a[1] or 0, b[1] or 0), min(a[2] or 1 << 62, b[2] or 1 << 62)
-    if lo < hi:
-        _fail("data.tune_split", f"{tune!r} overlaps data.eval_split {evaluation!r}: thresholds would be tuned on "
-              "the images they are reported on; choose disjoint slices")
-
-
-def _choice(field: str, value, choices):
-    if value not in choices:
-        _fail(field, f"must be one of {choices}, got {value!r}")

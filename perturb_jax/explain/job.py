@@ -25,11 +25,11 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 import eval.datasets
-from perturb_jax.runtime import checkpoint, distributed
-from perturb_jax.explain import config as config_lib, report, results_store
-from perturb_jax import methods
+from eval import boxes as box_ops
 from eval import scoring
-from perturb_jax.runtime import sharding
+from perturb_jax import methods
+from perturb_jax.explain import config as config_lib, report, results_store
+from perturb_jax.runtime import checkpoint, distributed, sharding
 from perturb_jax.runtime import workdir as workdir_lib
 
 SPLITS = ("tune", "eval")
@@ -159,8 +159,8 @@ def _explain_one_batch(runner: Runner, own: dict, n: int, todo: list[str], key, 
     record.update(
         {k: v[ok] for k, v in common.items()}, image_id=np.array([records[r]["image_id"] for r in ok], dtype=str),
         label=np.array([records[r]["label"] for r in ok], np.int32),
-        boxes=results_store.pad_boxes([records[r]["boxes"] for r in ok]),
-        boxes_original=results_store.pad_boxes([records[r]["boxes_original"] for r in ok]),
+        boxes=box_ops.pad_boxes([records[r]["boxes"] for r in ok]),
+        boxes_original=box_ops.pad_boxes([records[r]["boxes_original"] for r in ok]),
         original_size=np.array([records[r]["original_size"] for r in ok], np.int32))
     figure = [records[r]["image"] for r in ok if "image" in records[r]]
     if figure:

@@ -5,25 +5,11 @@ import os
 
 import numpy as np
 
-MAX_BOXES_FILL = -1
-
+from eval.boxes import unpad_boxes
 
 def batch_path(workdir: str, split_name: str, index: int, method: str = "") -> str:
     """A batch's file: the images' records (``method`` empty) or one method's outputs for those images."""
     return os.path.join(workdir, "maps", method, f"{split_name}_{index:05d}.npz")
-
-
-def pad_boxes(boxes: list[np.ndarray]) -> np.ndarray:
-    """A list of (n_i, 4) boxes as one (len, max n_i, 4) array padded with -1."""
-    n = max([len(b) for b in boxes] + [1])
-    out = np.full((len(boxes), n, 4), MAX_BOXES_FILL, np.int32)
-    for i, b in enumerate(boxes):
-        out[i, : len(b)] = b
-    return out
-
-
-def unpad_boxes(padded: np.ndarray) -> list[np.ndarray]:
-    return [b[b[:, 0] != MAX_BOXES_FILL] for b in padded]
 
 
 def write_batch(path: str, arrays: dict) -> None:

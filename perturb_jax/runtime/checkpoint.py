@@ -10,6 +10,10 @@ from flax import nnx
 
 from perturb_jax.runtime.vgg import VGG19BN
 
+# The classifier shipped for the embedded benchmark, and the command that made it.
+EMBEDDED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                        "clutter_shapes_vgg19bn_w8")
+TRAIN_EMBEDDED = "python -m perturb_jax.train_classifier --config=configs/classifier.py --workdir=/tmp/classifier"
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt or of another architecture."""

@@ -24,7 +24,7 @@ def parse_flags(argv):
 def _innermost_config_error(error: BaseException) -> BaseException | None:
     """The innermost ``ConfigError`` in ``error``'s chain (config_flags re-raises a config file's with the traceback
     as its message, and absl wraps that), or None."""
-    from perturb_jax.explain.config import ConfigError  # noqa: PLC0415
+    from eval.errors import ConfigError  # noqa: PLC0415
 
     found = None
     while error is not None:
@@ -40,7 +40,7 @@ def run_job(job, config_help: str, workdir_help: str, errors: tuple = ()) -> Non
     from ml_collections import config_flags  # noqa: PLC0415
 
     from perturb_jax.runtime.checkpoint import CheckpointError  # noqa: PLC0415
-    from perturb_jax.explain.config import ConfigError  # noqa: PLC0415
+    from eval.errors import ConfigError  # noqa: PLC0415
 
     config = config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
     workdir = flags.DEFINE_string("workdir", None, workdir_help)

@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from perturb_jax.explain.config import ConfigError
+from eval.errors import ConfigError
 
 _TPU_POD_VARIABLES = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "CLOUD_TPU_TASK_ID")
 

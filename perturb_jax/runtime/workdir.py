@@ -10,7 +10,7 @@ import os
 
 import ml_collections
 
-from perturb_jax.explain.config import ConfigError
+from eval.errors import ConfigError
 
 _SHARED = ".process_0_token"  # check_shared's proof that every process sees the same workdir
 
