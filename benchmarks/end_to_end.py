@@ -69,7 +69,7 @@ def guided_config(num_tune: int, num_eval: int, jax_steps: int | None):
     config.data.tune_split = head(config.data.tune_split, num_tune, "num_tune")
     config.data.eval_split = head(config.data.eval_split, num_eval, "num_eval")
     if jax_steps is not None:
-        config.perturb.max_steps = jax_steps
+        config.method.perceptual_ball.max_steps = jax_steps
     return config
 
 
@@ -134,7 +134,7 @@ def explain_image_torch(model, x: np.ndarray, config, torch_steps: int) -> dict:
 
     from benchmarks.references import torch_reference  # noqa: PLC0415 - needs torch.
 
-    p = config.perturb
+    p = config.method.perceptual_ball
     terms = dict(relu_layers=p.relu_layers, lam_perceptual=p.lam_perceptual, lam_pixel=p.lam_pixel,
                  value=p.target_margin)
     x0 = torch.from_numpy(x.transpose(2, 0, 1)[None].copy())
@@ -148,8 +148,8 @@ def explain_image_torch(model, x: np.ndarray, config, torch_steps: int) -> dict:
     with torch.no_grad():
         logits_adv = model(x_adv)
         loss = np.float32(torch_reference.perceptual_ball_loss(model, x_adv, x0, target, **terms)[0])
-    smoothed, gradient = maps(_nhwc(x_adv), x, _nhwc(grad), guided=bool(config.saliency.guided),
-                              sigma=float(config.saliency.smoothing_sigma))
+    smoothed, gradient = maps(_nhwc(x_adv), x, _nhwc(grad), guided=bool(p.guided),
+                              sigma=float(p.smoothing_sigma))
     t = target.numpy().astype(np.int32)
     return dict(saliency=np.asarray(smoothed), gradient=np.asarray(gradient), predicted=t[0], target=t[0],
                 margin=_margin(logits, t), margin_adv=_margin(logits_adv, t), loss=loss,
@@ -242,7 +242,7 @@ def run(workdir: str, out: str, num_tune: int, num_eval: int, torch_steps: int, 
         raise UsageError(f"--workdir {workdir} is not empty; give a new or empty directory")
     config = guided_config(num_tune, num_eval, jax_steps)
     ours_dir, authors_dir = os.path.join(workdir, "jax"), os.path.join(workdir, "torch")
-    p = config.perturb
+    p = config.method.perceptual_ball
     ours = record("ours (JAX, vmapped L-BFGS)", f"explain.explain_and_evaluate, batches of {config.batch_size}, "
                   f"max_steps {p.max_steps}", run_ours(config, ours_dir), ours_dir)
     authors = record("authors (torch LBFGS.step)", f"torch_reference.perceptual_ball, one image at a time, "

@@ -82,13 +82,13 @@ MODELS = {  # name: (num_classes, width_divisor, image size)
 
 def settings(steps: int) -> perturb.Settings:
     """The guided config (``configs/guided.py``) with ``steps`` L-BFGS iterations and both tolerances 0."""
-    c = config.get_config()
-    c.perturb.relu_layers = tuple(range(2, 14))
-    c.saliency.guided = True
-    c.perturb.max_steps = steps
-    c.perturb.tolerance_grad = 0.0
-    c.perturb.tolerance_change = 0.0
-    return perturb.Settings.from_config(c)
+    p = config.get_config().method.perceptual_ball
+    p.relu_layers = tuple(range(2, 14))
+    p.guided = True
+    p.max_steps = steps
+    p.tolerance_grad = 0.0
+    p.tolerance_change = 0.0
+    return perturb.Settings.from_options(p, target="predicted")
 
 
 def torch_state_dict(pure: dict) -> dict:

@@ -60,7 +60,7 @@ def reference_maps(name: str, torch_model, images: np.ndarray, targets: np.ndarr
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     t = torch.from_numpy(targets.astype(np.int64))
     if name == "perceptual_ball":  # the authors' procedure, image by image, our map of its x'
-        return np.stack([end_to_end.explain_image_torch(torch_model, image, config, config.perturb.max_steps)[
+        return np.stack([end_to_end.explain_image_torch(torch_model, image, config, settings["max_steps"])[
             "saliency"] for image in images])
     options = {k: v for k, v in settings.items() if k != "chunk_size"}
     if name == "excitation_backprop":

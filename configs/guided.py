@@ -13,6 +13,6 @@ from perturb_jax.explain import config as base
 
 def get_config(arg=None):
     c = base.get_config(arg or "")
-    c.perturb.relu_layers = tuple(range(2, 14))
-    c.saliency.guided = True
+    c.method.perceptual_ball.relu_layers = tuple(range(2, 14))
+    c.method.perceptual_ball.guided = True
     return c

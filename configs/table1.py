@@ -19,8 +19,8 @@ from perturb_jax import methods
 def get_config(arg=None):
     variant = arg or ""
     c = base.get_config(variant)
-    c.perturb.relu_layers = tuple(range(2, 14))
-    c.saliency.guided = True
+    c.method.perceptual_ball.relu_layers = tuple(range(2, 14))
+    c.method.perceptual_ball.guided = True
     c.methods = methods.NAMES
     c.num_figures = 8
     if variant in ("imagenet", "cub", "folder"):

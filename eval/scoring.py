@@ -16,7 +16,7 @@ STRATEGIES = ("value", "mean", "energy")  # the order of the tables
 def method_label(config: ml_collections.ConfigDict, method: str) -> str:
     """The method's name in the table (the perceptual ball says which variant)."""
     if method == "perceptual_ball":
-        return "perceptual_ball_" + ("guided" if config.saliency.guided else "unguided")
+        return "perceptual_ball_" + ("guided" if config.method.perceptual_ball.guided else "unguided")
     return method
 
 

@@ -3,7 +3,7 @@
   python -m perturb_jax.main --config=configs/guided.py --workdir=/tmp/guided
 
 hands the config and the workdir to ``explain.explain_and_evaluate``. Any field can be overridden, e.g.
-``--config.perturb.lam_perceptual=1000``; a misspelt field is an error.
+``--config.method.perceptual_ball.lam_perceptual=1000``; a misspelt field is an error.
 """
 
 import os

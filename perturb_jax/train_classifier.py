@@ -2,7 +2,9 @@
 
 ``update_fn`` is a jitted pure function over plain pytrees (parameters, batch statistics, optimiser state), data
 parallel over every device by sharding the batch over a one-axis ``Mesh``. The run checkpoints each epoch with
-Orbax and resumes from the last one; a non-finite loss stops it with the step where it happened.
+Orbax and resumes from the last one; a non-finite loss stops it with the step where it happened. Each epoch's means
+(loss, accuracy) and its last learning rate go, at the global step, to ``metrics.jsonl``, TensorBoard event files
+(``WORKDIR/tensorboard``), stdout and ``learning_curves.png``, from process 0 (``runtime.metrics_writer``).
 """
 
 import json
@@ -20,10 +22,11 @@ from flax import nnx
 from ml_collections import config_flags
 
 from eval.datasets import embedded
-from perturb_jax.runtime import checkpoint, sharding
+from perturb_jax.runtime import checkpoint, metrics_writer, sharding
 from perturb_jax.runtime.vgg import VGG19BN
 
 AUGMENTATIONS = ("dihedral", "none")
+CURVES = (("loss",), ("accuracy",), ("learning_rate",))  # the panels of learning_curves.png
 
 
 def dihedral_augment(images: jax.Array, key: jax.Array) -> jax.Array:
@@ -107,7 +110,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Dropout keys are drawn from (seed, step): a resumed run repeats them.
     dropout_key = jax.random.key(config.seed)
     batch_sharding, _ = sharding.data_parallel()
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    # Records at the global step (updates done); a resumed run drops those past its checkpoint.
+    writer = metrics_writer.MetricsWriter(workdir, start_epoch * steps_per_epoch, active=jax.process_index() == 0,
+                                          curves=CURVES)
     for epoch in range(start_epoch, config.num_epochs):
         t0, sums = time.time(), dict(loss=0.0, accuracy=0.0)
         ds = embedded.tf_dataset(config.data, "train", config.batch_size, shuffle_seed=config.seed + epoch)
@@ -123,13 +128,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}; lower config.learning_rate")
             sums["loss"] += loss
             sums["accuracy"] += float(metrics["accuracy"])
+        done = (epoch + 1) * steps_per_epoch
         record = dict(epoch=epoch + 1, seconds=round(time.time() - t0, 1),
-                      **{k: v / steps_per_epoch for k, v in sums.items()})
-        logging.info("epoch %s", record)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+                      **{k: v / steps_per_epoch for k, v in sums.items()},
+                      learning_rate=float(schedule(done - 1)))  # that of the epoch's last update
+        writer.write(done, record)
         manager.save(epoch + 1, args=ocp.args.StandardSave(train_state))
     manager.wait_until_finished()
+    writer.close()
 
     model = nnx.merge(graphdef, train_state["params"], train_state["batch_stats"])
     val_accuracy = accuracy(model, config.data, "validation", config.mean, config.std)

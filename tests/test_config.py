@@ -41,34 +41,37 @@ def _parse(argv):
 def test_guided_and_unguided_match_the_paper():
     guided = _parse([f"--config={ROOT}/configs/guided.py"])
     unguided = _parse([f"--config={ROOT}/configs/unguided.py"])
-    assert guided.perturb.relu_layers == list(range(2, 14)) and guided.saliency.guided
-    assert unguided.perturb.relu_layers == [5, 6, 7, 8, 9, 10] and not unguided.saliency.guided
-    for c in (guided, unguided):
-        assert (c.perturb.lam_perceptual, c.perturb.lam_pixel, c.perturb.target_margin) == (1e4, 1.0, -2.0)
+    g, u = guided.method.perceptual_ball, unguided.method.perceptual_ball
+    assert g.relu_layers == list(range(2, 14)) and g.guided
+    assert u.relu_layers == [5, 6, 7, 8, 9, 10] and not u.guided
+    for p in (g, u):
+        assert (p.lam_perceptual, p.lam_pixel, p.target_margin, p.max_steps) == (1e4, 1.0, -2.0, 30)
     for name in ("guided", "unguided"):
         config_lib.validate(runpy.run_path(f"{ROOT}/configs/{name}.py")["get_config"]())
 
 
 def test_overrides_and_variants():
-    c = _parse([f"--config={ROOT}/configs/guided.py:imagenet", "--config.perturb.lam_perceptual=1000",
-                "--config.perturb.relu_layers=(5,6)", "--config.data.manual_dir=/data/imagenet"])
-    assert c.perturb.lam_perceptual == 1000 and c.perturb.relu_layers == [5, 6]
+    c = _parse([f"--config={ROOT}/configs/guided.py:imagenet", "--config.method.perceptual_ball.lam_perceptual=1000",
+                "--config.method.perceptual_ball.relu_layers=(5,6)", "--config.data.manual_dir=/data/imagenet"])
+    p = c.method.perceptual_ball
+    assert p.lam_perceptual == 1000 and p.relu_layers == [5, 6] and p.max_steps == 100  # ImageNet: the authors' 100
     assert c.data.name == "imagenet2012" and c.data.eval_split == "validation[:1000]"
     assert c.data.manual_dir == "/data/imagenet" and c.model.checkpoint == ""
 
 
 def test_misspelt_key_fails():
     with pytest.raises(ValueError, match='Did you mean "lam_perceptual"'):
-        _parse([f"--config={ROOT}/configs/guided.py", "--config.perturb.lam_perceptul=1000"])
+        _parse([f"--config={ROOT}/configs/guided.py", "--config.method.perceptual_ball.lam_perceptul=1000"])
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("perturb.relu_layers", (0, 5), r"config.perturb.relu_layers: \[0\] outside 1-16"),
-    ("perturb.relu_layers", (17,), r"config.perturb.relu_layers: \[17\] outside 1-16"),
-    ("perturb.relu_layers", (), "config.perturb.relu_layers: is empty"),
-    ("perturb.lam_perceptual", -1.0, "config.perturb.lam_perceptual: must be >= 0"),
-    ("perturb.lam_pixel", -0.5, "config.perturb.lam_pixel: must be >= 0"),
-    ("perturb.optimizer", "sgd", "config.perturb.optimizer: must be one of"),
+    ("method.perceptual_ball.relu_layers", (0, 5), r"config.method.perceptual_ball.relu_layers: must be >= 1"),
+    ("method.perceptual_ball.relu_layers", (17,), r"config.method.perceptual_ball.relu_layers: must be <= 16"),
+    ("method.perceptual_ball.relu_layers", (2.5,), r"config.method.perceptual_ball.relu_layers: must be of type"),
+    ("method.perceptual_ball.relu_layers", (), "config.method.perceptual_ball.relu_layers: must be of type tuple"),
+    ("method.perceptual_ball.lam_perceptual", -1.0, "config.method.perceptual_ball.lam_perceptual: must be >= 0"),
+    ("method.perceptual_ball.lam_pixel", -0.5, "config.method.perceptual_ball.lam_pixel: must be >= 0"),
+    ("method.perceptual_ball.optimizer", "sgd", "config.method.perceptual_ball.optimizer: must be one of"),
     ("protocol.value_alphas", (0.5, 1.5), r"config.protocol.value_alphas: every alpha must be in \[0, 1.0\]"),
     ("protocol.mean_alphas", (-1.0,), "config.protocol.mean_alphas: every alpha must be >= 0"),
     ("batch_size", 0, "config.batch_size: 0 does not divide"),
@@ -76,8 +79,11 @@ def test_misspelt_key_fails():
 ])
 def test_bad_values_fail_in_one_line(field, value, message):
     c = config_lib.get_config()
-    section, _, key = field.rpartition(".")
-    (c[section] if section else c)[key] = value
+    *path, key = field.split(".")
+    group = c
+    for part in path:
+        group = group[part]
+    group[key] = value
     with pytest.raises(config_lib.ConfigError, match=message) as e:
         config_lib.validate(c)
     assert "\n" not in str(e.value)

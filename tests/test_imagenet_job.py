@@ -179,7 +179,7 @@ def imagenet_config(tree, checkpoint_dir):
     config.model.checkpoint = str(checkpoint_dir)
     config.data.tune_split, config.data.eval_split = "validation[:3]", "validation[3:8]"
     config.batch_size = 2  # 3 tuning images: the second batch is padded
-    config.perturb.max_steps = 3
+    config.method.perceptual_ball.max_steps = 3
     config.num_figures = 2
     return config
 

@@ -154,8 +154,8 @@ def test_workdir_of_another_config_is_refused(tiny):
     work = base / "other"
     _run(config, work)
     changed = config.copy_and_resolve_references()
-    changed.perturb.lam_perceptual = 5.0
-    with pytest.raises(ConfigError, match="perturb.lam_perceptual"):
+    changed.method.perceptual_ball.lam_perceptual = 5.0
+    with pytest.raises(ConfigError, match="method.perceptual_ball"):
         explain.explain_and_evaluate(changed, str(work))
 
 

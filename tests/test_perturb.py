@@ -17,7 +17,8 @@ from perturb_jax.runtime.vgg import VGG19BN
 def setup():
     model = VGG19BN(10, 16, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
-    settings = dataclasses.replace(perturb.Settings.from_config(config_lib.get_config()), max_steps=6,
+    options = config_lib.get_config().method.perceptual_ball
+    settings = dataclasses.replace(perturb.Settings.from_options(options, "predicted"), max_steps=6,
                                    relu_layers=(2, 5), lam_perceptual=10.0)
     images = jax.random.normal(jax.random.key(3), (3, 32, 32, 3))
     return graphdef, state, settings, images

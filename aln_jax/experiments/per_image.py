@@ -25,12 +25,10 @@ from absl import app, flags, logging  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from aln_jax import data, masking, step as step_lib, superpixels
+from aln_jax import data, masking, step as step_lib, superpixels  # noqa: E402
 from aln_jax.experiments import diagnose  # noqa: E402
-from perturb_jax.runtime import checkpoint
-from perturb_jax.explain import config as perturb_config  # noqa: E402
+from perturb_jax.runtime import checkpoint, vgg  # noqa: E402
 from perturb_jax.runtime.cli import parse_flags  # noqa: E402
-from perturb_jax.runtime import vgg  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -38,7 +36,7 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
     """The command line's flags, defined only when run as a program (importing this module defines none)."""
     config_flags.DEFINE_config_file("config", None, "An ALN config (data, SLIC, objective, fill).", lock_config=True)
-    flags.DEFINE_string("classifier", perturb_config.EMBEDDED_CHECKPOINT, "VGG19_bn checkpoint directory.")
+    flags.DEFINE_string("classifier", checkpoint.EMBEDDED, "VGG19_bn checkpoint directory.")
     flags.DEFINE_float("lambda_reg", 4.0, "Weight of the occluded area in the objective.")
     flags.DEFINE_integer("steps", 300, "Adam steps per image.")
     flags.DEFINE_float("learning_rate", diagnose.LEARNING_RATE, "Adam learning rate on the superpixel logits.")

@@ -1,6 +1,6 @@
 """The base configuration of the main job and its validation; ``configs/*.py`` start from ``get_config``.
 
-Every field can be overridden from the command line (``--config.perturb.lam_perceptual=1000``); the config is
+Every field can be overridden from the command line (``--config.method.perceptual_ball.lam_perceptual=1000``); the config is
 locked, so a misspelt key fails. ``validate`` turns a bad value into a one-line ``ConfigError`` naming the field,
 before anything is loaded or compiled.
 """
@@ -13,11 +13,10 @@ import eval.datasets
 from eval import scoring
 from eval.errors import ConfigError
 from perturb_jax import methods
-from perturb_jax.methods.perceptual_ball import objective, optimize, perturb
 from perturb_jax.runtime import checkpoint
 from perturb_jax.runtime.config_checks import (check_batch_size, check_disjoint, check_distributed, choice,
                                                 distributed_config, fail)
-from perturb_jax.runtime.vgg import LAYER_NAMES, NUM_RELUS
+from perturb_jax.runtime.vgg import LAYER_NAMES
 
 EMBEDDED_CHECKPOINT = checkpoint.EMBEDDED
 DATASETS = ("clutter_shapes", "imagenet2012", "caltech_birds2011", "folder")
@@ -37,8 +36,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.target = "predicted"  # the class every method explains: authors' code (argmax); or "ground_truth".
     c.chunk_size = 256  # network evaluations per pass of the sampling methods (memory bound), whole batch.
     c.seed = 0  # the sampling methods' noise and masks (per batch: fold_in of the split and batch index).
-    # Each method's options (the perceptual ball's are the perturb and saliency groups below).
-    c.method = method_options()
+    c.method = method_options()  # method.<name>.<option>, at the defaults of each method's module
     c.distributed = distributed_config()
 
     c.model = ml_collections.ConfigDict()
@@ -48,23 +46,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     c.data = eval.datasets.data_config()
 
-    c.perturb = ml_collections.ConfigDict()
-    c.perturb.relu_layers = tuple(range(2, 14))
-    c.perturb.lam_perceptual = 1e4  # paper Sec. 3 and authors' code (gamma).
-    c.perturb.lam_pixel = 1.0  # paper Sec. 3 and authors' code (scalar).
-    c.perturb.target_margin = -2.0  # authors' code (value); the paper's "T > 0" is a typo, see objective.py.
-    c.perturb.reduction = "mean"  # authors' code (MSE); "sum" is the paper's squared norm.
-    c.perturb.optimizer = "lbfgs"  # authors' code: torch L-BFGS, no line search.
-    c.perturb.max_steps = 100  # authors' example notebook (200 is their function's default); embedded: 30.
-    c.perturb.learning_rate = 1.0  # authors' code.
-    c.perturb.history_size = 100  # authors' code.
-    c.perturb.tolerance_grad = 1e-7  # torch L-BFGS default.
-    c.perturb.tolerance_change = 1e-9  # torch L-BFGS default.
-
-    c.saliency = ml_collections.ConfigDict()
-    c.saliency.guided = True
-    c.saliency.smoothing_sigma = 2.0  # authors' code.
-
     c.protocol = scoring.protocol_config()
     if variant not in VARIANTS:
         raise ConfigError(f"config variant {variant!r} is unknown; known: {sorted(VARIANTS)}")
@@ -73,19 +54,16 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 
 def method_options() -> ml_collections.ConfigDict:
-    """``method.<name>.<option>`` for every method but the perceptual ball, at the defaults of its module."""
+    """``method.<name>.<option>`` for every method, at the defaults of its module."""
     group = ml_collections.ConfigDict()
     for name in methods.NAMES:
-        options = {k: o.default for k, o in methods.get(name).options.items() if k not in FROM_MODEL}
-        if name != "perceptual_ball":
-            group[name] = ml_collections.ConfigDict(options)
+        group[name] = ml_collections.ConfigDict(
+            {k: o.default for k, o in methods.get(name).options.items() if k not in FROM_MODEL})
     return group
 
 
 def method_settings(c: ml_collections.ConfigDict, name: str) -> dict:
     """The options ``methods.make_fn`` compiles ``name`` with: its group, the normalisation, the chunk size."""
-    if name == "perceptual_ball":
-        return {"settings": perturb.Settings.from_config(c)}
     options = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in c.method[name].items()}
     wanted = methods.get(name).options
     options |= {k: tuple(float(v) for v in c.model[k]) for k in FROM_MODEL if k in wanted}
@@ -125,13 +103,13 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.data.tune_split = "validation[:6]"
     c.data.eval_split = "validation[6:16]"
     c.batch_size = 4
-    c.perturb.max_steps = 5
+    c.method.perceptual_ball.max_steps = 5
     c.num_figures = 4
 
 
 def _embedded(c: ml_collections.ConfigDict) -> None:
     """The embedded benchmark: fewer L-BFGS steps than the authors' 100 (our choice, see README: Results)."""
-    c.perturb.max_steps = 30
+    c.method.perceptual_ball.max_steps = 30
 
 
 VARIANTS = {"": _embedded, "imagenet": _imagenet, "cub": _cub, "folder": _folder, "tiny": _tiny}
@@ -142,31 +120,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None, num_p
 
     ``num_devices`` and ``num_processes`` default to JAX's (call ``distributed.initialize`` first).
     """
-    p = c.perturb
-    layers = tuple(p.relu_layers)
-    if not layers:
-        fail("perturb.relu_layers", f"is empty; give ReLU numbers from 1 to {NUM_RELUS}, e.g. (5, 6, 7, 8, 9, 10)")
-    bad = [k for k in layers if not isinstance(k, int) or not 1 <= k <= NUM_RELUS]
-    if bad:
-        fail("perturb.relu_layers", f"{bad} outside 1-{NUM_RELUS} (ReLU numbers count the 16 VGG19_bn ReLUs from 1)")
-    for field in ("lam_perceptual", "lam_pixel"):
-        if not p[field] >= 0:
-            fail(f"perturb.{field}", f"must be >= 0, got {p[field]}")
-    for field in ("max_steps", "history_size"):
-        if not (isinstance(p[field], int) and p[field] >= 1):
-            fail(f"perturb.{field}", f"must be an integer >= 1, got {p[field]}")
-    if not p.learning_rate > 0:
-        fail("perturb.learning_rate", f"must be > 0, got {p.learning_rate}")
-    for field in ("tolerance_grad", "tolerance_change"):
-        if not p[field] >= 0:
-            fail(f"perturb.{field}", f"must be >= 0, got {p[field]}")
-    choice("perturb.reduction", p.reduction, objective.REDUCTIONS)
     choice("target", c.target, TARGETS)
     check_methods(c)
-    choice("perturb.optimizer", p.optimizer, optimize.OPTIMIZERS)
-    if not c.saliency.smoothing_sigma >= 0:
-        fail("saliency.smoothing_sigma", f"must be >= 0, got {c.saliency.smoothing_sigma}")
-
     scoring.check_protocol(c.protocol)
 
     d = c.data
@@ -230,8 +185,9 @@ def _check_option(field: str, value, option) -> None:
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     elif isinstance(default, tuple):
+        kinds = int if isinstance(default[0], int) else (int, float)
         ok = isinstance(value, (tuple, list)) and len(value) > 0 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            isinstance(v, kinds) and not isinstance(v, bool) for v in value)
     else:
         ok = isinstance(value, type(default))
     if not ok:
@@ -241,6 +197,8 @@ def _check_option(field: str, value, option) -> None:
     values = value if isinstance(value, (tuple, list)) else (value,)
     if option.minimum is not None and any(v < option.minimum for v in values):
         fail(field, f"must be >= {option.minimum}, got {value!r}")
+    if option.maximum is not None and any(v > option.maximum for v in values):
+        fail(field, f"must be <= {option.maximum}, got {value!r}")
     if option.layer and value not in LAYER_NAMES:
         fail(field, f"{value!r} is not a layer of VGG19_bn; accepted: features.0 to features.52, avgpool, "
               "classifier.0 to classifier.6 (torchvision module names; features.51 is ReLU 16)")

@@ -8,7 +8,6 @@ Many processes (``config.distributed``) run one job: each feeds its own rows of 
 which batches are still to do, writes the batch files and the report into the workdir they all share.
 """
 
-import dataclasses
 import functools
 import json
 import os
@@ -270,7 +269,6 @@ def _prepare_workdir(config, workdir: str) -> None:
         workdir_lib.check_fingerprint(config, workdir, _NOT_IN_FINGERPRINT, write=lead)
         for m in config.methods:
             options = config_lib.method_settings(config, m)
-            options = dataclasses.asdict(options["settings"]) if m == "perceptual_ball" else options
             workdir_lib.check_options(os.path.join(workdir, "maps", m), f"method.{m}",
                                       {k: v for k, v in options.items() if k != "chunk_size"}, write=lead)
 
@@ -280,8 +278,8 @@ def _prepare_workdir(config, workdir: str) -> None:
 
 
 def _how_to_make(config) -> str:
-    if config.model.checkpoint == config_lib.EMBEDDED_CHECKPOINT:
-        return config_lib.TRAIN_EMBEDDED + f" --config.export_dir={config_lib.EMBEDDED_CHECKPOINT}"
+    if config.model.checkpoint == checkpoint.EMBEDDED:
+        return checkpoint.TRAIN_EMBEDDED + f" --config.export_dir={checkpoint.EMBEDDED}"
     return "python -m perturb_jax.runtime.convert_weights --torch_checkpoint=vgg19_bn-c79401a0.pth --out=" + \
         config.model.checkpoint
 

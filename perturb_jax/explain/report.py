@@ -9,11 +9,9 @@ from eval import report as eval_report
 from eval import scoring
 from perturb_jax import methods
 
+
 def _settings(config, method: str) -> str:
     """The options of ``method`` that differ from its module's defaults (the reference's), e.g. fewer masks."""
-    if method == "perceptual_ball":
-        return f"{config.perturb.max_steps} L-BFGS steps, ReLUs {min(config.perturb.relu_layers)}-" \
-               f"{max(config.perturb.relu_layers)}"
     defaults = {k: o.default for k, o in methods.get(method).options.items()}
     changed = [f"{k}={v}" for k, v in config.method[method].items() if k in defaults and
                (tuple(v) if isinstance(v, (list, tuple)) else v) != defaults[k]]

@@ -13,13 +13,15 @@ from perturb_jax.runtime.vgg import VGG19BN
 
 @dataclasses.dataclass(frozen=True)
 class Option:
-    """One option of a method: its default (whose type is the accepted type), where the default comes from, and
-    the accepted values (``choices``, a ``minimum``, or ``layer=True`` for a name in ``vgg.LAYER_NAMES``)."""
+    """One option of a method: its default (whose type is the accepted type; a tuple's entries are of its first
+    entry's type), where the default comes from, and the accepted values (``choices``, a ``minimum`` and a
+    ``maximum``, or ``layer=True`` for a name in ``vgg.LAYER_NAMES``)."""
 
     default: Any
     source: str
     choices: tuple = ()
     minimum: float | None = None
+    maximum: float | None = None
     layer: bool = False
 
 
@@ -30,12 +32,16 @@ class Method:
     ``images`` are normalised NHWC, ``targets`` (B,) class indices, ``key`` a PRNG key (methods that sample use it),
     ``options`` a dict of the method's ``options`` plus ``chunk_size`` (network evaluations per pass). Other keys
     of the result are per-image diagnostics, stored beside the map. ``citation`` names the paper and reference
-    library it follows."""
+    library it follows. ``label(options)``, when given, names the variant in tables (else ``name``);
+    ``summarise(diagnostics)``, when given, turns one split's per-image diagnostics ({key: (N,) array}) into
+    summary figures."""
 
     name: str
     explain: Callable
     options: dict[str, Option]
     citation: str
+    label: Callable[[dict], str] | None = None
+    summarise: Callable[[dict], dict] | None = None
 
 
 def target_logits(model: VGG19BN, images: jax.Array, targets: jax.Array, grad_kernels: list | None = None,

@@ -14,8 +14,10 @@ CURVES = (("corruption_loss", "classifier_loss"), ("accuracy_corrupted", "accura
 
 
 class MetricsWriter:
-    def __init__(self, workdir: str, start_step: int, active: bool = True):
+    def __init__(self, workdir: str, start_step: int, active: bool = True, curves: tuple = CURVES):
+        """``curves``: the panels of ``learning_curves.png`` (groups of record keys; default: the ALN's)."""
         self.active = active
+        self.curves = curves
         self.jsonl = os.path.join(workdir, "metrics.jsonl")
         self.png = os.path.join(workdir, "learning_curves.png")
         if not active:
@@ -42,7 +44,7 @@ class MetricsWriter:
     def close(self) -> None:
         if self.active:
             self._tb.close()
-            plot_curves(read_records(self.jsonl), self.png)
+            plot_curves(read_records(self.jsonl), self.png, self.curves)
 
 
 def read_records(path: str) -> list[dict]:
@@ -52,8 +54,8 @@ def read_records(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_curves(records: list[dict], path: str) -> None:
-    """One panel per group of ``CURVES`` against the step."""
+def plot_curves(records: list[dict], path: str, curves: tuple = CURVES) -> None:
+    """One panel per group of ``curves`` against the step."""
     if not records:
         return
     import matplotlib  # noqa: PLC0415 - plotting is an edge concern, loaded when a figure is written.
@@ -61,9 +63,9 @@ def plot_curves(records: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt  # noqa: PLC0415
 
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
     steps = [r["step"] for r in records]
-    for ax, keys in zip(axes, CURVES):
+    for ax, keys in zip(axes[0], curves):
         for k in keys:
             ax.plot(steps, [r[k] for r in records], label=k)
         ax.set_xlabel("step")

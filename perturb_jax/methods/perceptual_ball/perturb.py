@@ -4,7 +4,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from perturb_jax.methods.perceptual_ball import objective, optimize, saliency
@@ -30,12 +29,13 @@ class Settings:
     smoothing_sigma: float
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> "Settings":
-        p = config.perturb
-        return cls(tuple(sorted(p.relu_layers)), float(p.lam_perceptual), float(p.lam_pixel),
-                   float(p.target_margin), p.reduction, config.target, p.optimizer, int(p.max_steps),
-                   float(p.learning_rate), int(p.history_size), float(p.tolerance_grad),
-                   float(p.tolerance_change), bool(config.saliency.guided), float(config.saliency.smoothing_sigma))
+    def from_options(cls, o, target: str = "ground_truth") -> "Settings":
+        """From the method's options (``method.OPTIONS``: a dict or ``config.method.perceptual_ball``)."""
+        return cls(tuple(sorted(int(k) for k in o["relu_layers"])), float(o["lam_perceptual"]),
+                   float(o["lam_pixel"]), float(o["target_margin"]), str(o["reduction"]), target, str(o["optimizer"]),
+                   int(o["max_steps"]), float(o["learning_rate"]), int(o["history_size"]),
+                   float(o["tolerance_grad"]), float(o["tolerance_change"]), bool(o["guided"]),
+                   float(o["smoothing_sigma"]))
 
 
 def explain_batch(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, labels: jax.Array,
