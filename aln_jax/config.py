@@ -65,7 +65,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.aln.fill_sigma = 5.0  # ours: the blur fill's Gaussian, in pixels of aln.image_size.
     c.aln.encoder = embedded  # the corruption network's encoder: a VGG19_bn checkpoint directory, or "scratch" (paper).
     c.aln.freeze_encoder = True  # ours: the encoder's weights stay as loaded (fine-tuning them ended in collapse).
-    c.aln.class_conditional = True  # Dabkowski & Gal's class selector: the label embedded at the bottleneck (not paper).
+    # Dabkowski & Gal's class selector: the label embedded at the bottleneck (not the paper's).
+    c.aln.class_conditional = True
 
     c.train = ml_collections.ConfigDict()
     c.train.objective = "preserve_destroy"  # or "confusion" (Eq. 1, paper), "destroy" (aln_jax/objectives.py).
@@ -258,7 +259,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, num_processes: int)
 
 
 def _check_encoder(path: str, depth: int) -> None:
-    """``aln.encoder``: a VGG19_bn checkpoint directory (``perturb_jax.runtime.checkpoint``) deep enough for the encoder."""
+    """``aln.encoder``: a VGG19_bn checkpoint directory (``perturb_jax.runtime.checkpoint``) deep enough for the
+    encoder."""
     meta = os.path.join(path, "model.json")
     if not os.path.isfile(meta):
         _fail("aln.encoder", f"must be 'scratch' or a VGG19_bn checkpoint directory holding model.json, got {path!r}")

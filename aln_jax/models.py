@@ -1,11 +1,8 @@
 """The two networks of the Adversarial Localization Network (Fan, Zhao, Ermon), in Flax NNX. Inputs are NHWC.
 
-``CorruptionNet`` (Sec. 2.1): a strided convolutional encoder (trained from scratch, or a trained VGG19_bn's
-features), a fully connected bottleneck (global information, optionally class-conditional), and a
-transposed-convolution ("deconvolution") decoder that adds the encoder's features at each matching resolution
-(the paper's "residual connections", which carry the edges the bottleneck loses); one occlusion logit per pixel.
-The paper gives no layer sizes: the defaults in ``aln_jax/config.py`` are ours, sized for a 64x64 input.
-``Classifier`` (Sec. 3.3): the paper's simple 4-layer convolutional network, a linear layer on its pooled features.
+``CorruptionNet`` (Sec. 2.1): an encoder, a fully connected bottleneck and a transposed-convolution decoder with
+the paper's "residual connections"; one occlusion logit per pixel. ``Classifier`` (Sec. 3.3): the paper's simple
+4-layer convolutional network. The paper gives no layer sizes: the defaults in ``aln_jax/config.py`` are ours.
 """
 
 from typing import Sequence
@@ -82,6 +79,12 @@ class CorruptionNet(nnx.Module):
     """``__call__(x, labels=None) -> (B, H, W)`` occlusion logits; their ``sigmoid`` is the per-pixel probability of
     Sec. 2.
 
+    Sec. 2.1: a strided convolutional encoder (trained from scratch, or a trained VGG19_bn's features), a fully
+    connected bottleneck (global information, optionally class-conditional), and a transposed-convolution
+    ("deconvolution") decoder that adds the encoder's features at each matching resolution (the paper's "residual
+    connections", which carry the edges the bottleneck loses). Our defaults in ``aln_jax/config.py`` are sized for a
+    64x64 input.
+
     The encoder (``ConvEncoder`` of ``widths``, or ``VGGEncoder`` of ``vgg`` with ``len(widths)`` halvings) gives
     features at H, H/2, ..., H/2^d; the bottleneck maps the flattened deepest features through ``bottleneck`` units
     and back; each decoder stage doubles the resolution and adds the encoder's features there. With
@@ -121,7 +124,8 @@ class CorruptionNet(nnx.Module):
 
 
 class Classifier(nnx.Module):
-    """Four (3x3 convolution, ReLU, 2x2 max-pool) layers and a linear layer on their flattened features.
+    """The paper's simple 4-layer convolutional network (Sec. 3.3): four (3x3 convolution, ReLU, 2x2 max-pool) layers
+    and a linear layer on their flattened (pooled) features.
 
     Flattened rather than globally pooled: on the embedded benchmark the pooled variant stayed at chance for 1200
     Adam steps where this one reached 22% (batch 64, learning rate 2e-3, measured on the training images).

@@ -1,12 +1,8 @@
 """The corruption network's objectives: what an occlusion mask must do to the classifier (``train.objective``).
 
-  confusion         Eq. (1) of the ALN paper: the top logit minus the mean of the others on the occluded image;
-  destroy           the true class's log-probability on the occluded image, floored at chance (log 1/K): the
-                    deletion game of Fong & Vedaldi (2017);
-  preserve_destroy  Dabkowski & Gal (2017, the ALN paper's [2]): ``destroy`` on the image with the mask occluded
-                    plus ``preserve_weight`` times the cross-entropy of the true class on the image with everything
-                    BUT the mask occluded (the kept region alone must show the class).
-Each is a per-image value to minimise; the step adds ``lambda_reg`` times the occluded area.
+``confusion`` is Eq. (1) of the ALN paper, ``destroy`` the deletion game of Fong & Vedaldi (2017) and
+``preserve_destroy`` Dabkowski & Gal's (2017, the ALN paper's [2]). Each is a per-image value to minimise; the step
+adds ``lambda_reg`` times the occluded area.
 """
 
 import jax
@@ -16,7 +12,8 @@ OBJECTIVES = ("confusion", "destroy", "preserve_destroy")
 
 
 def confusion(logits: jax.Array) -> jax.Array:
-    """Eq. (1) per image: the top logit minus the mean of the other K - 1 logits (0 when all are equal)."""
+    """Eq. (1) of the ALN paper per image: the top logit minus the mean of the other K - 1 logits on the occluded
+    image (0 when all are equal)."""
     top = jnp.max(logits, axis=-1)
     return top - (jnp.sum(logits, axis=-1) - top) / (logits.shape[-1] - 1)
 
@@ -27,8 +24,8 @@ def label_log_probability(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def destroy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """The label's log-probability, no lower than chance's log(1/K): below chance there is nothing left to hide,
-    so a larger mask earns nothing more."""
+    """The true class's log-probability on the occluded image, no lower than chance's log(1/K): the deletion game of
+    Fong & Vedaldi (2017). Below chance there is nothing left to hide, so a larger mask earns nothing more."""
     return jnp.maximum(label_log_probability(logits, labels), -jnp.log(logits.shape[-1]))
 
 
@@ -40,7 +37,11 @@ def needs_kept_image(objective: str) -> bool:
 def per_image(objective: str, occluded_logits: jax.Array, labels: jax.Array, kept_logits: jax.Array | None = None,
               preserve_weight: float = 1.0) -> jax.Array:
     """The objective of each image from the classifier's logits on the occluded image (mask hidden) and, for
-    ``preserve_destroy``, on the kept image (all but the mask hidden)."""
+    ``preserve_destroy``, on the kept image (all but the mask hidden).
+
+    ``preserve_destroy`` (Dabkowski & Gal 2017, the ALN paper's [2]) is ``destroy`` on the image with the mask
+    occluded plus ``preserve_weight`` times the cross-entropy of the true class on the image with everything BUT the
+    mask occluded (the kept region alone must show the class)."""
     if objective == "confusion":
         return confusion(occluded_logits)
     if objective == "destroy":

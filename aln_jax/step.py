@@ -1,23 +1,8 @@
 """The min-max training step of the ALN (Sec. 2.3, 2.4): one jitted function, data parallel over every device.
 
-The state is one plain pytree: both networks' parameters and optax states, ``lambda_reg`` and ``step``. The step is
-per-device code under ``jax.shard_map`` over a one-axis ``data`` mesh of every device of every process (the pmap
-style): each device takes its slice of the global batch, gradients are averaged with ``pmean`` and the counts of
-correct predictions summed with ``psum``, so every device takes the same training decision and holds the same state.
-
-Per step, with the classifier's accuracy ``acc`` on this global batch of corrupted images (before the update):
-  corruption loss  = mean over images of the objective (``train.objective``, ``aln_jax.objectives``; Eq. (1):
-                     c_top - mean_{j != top} c_j) + lambda_reg * mean occluded fraction
-  classifier loss  = softmax cross-entropy with the true label on the corrupted image (minimised; the paper's
-                     "maximise" is a typo: the classifier must keep recognising corrupted images)
-  the corruption network always takes an Adam step on its loss;
-  the classifier takes one on its loss only when acc <= target_accuracy (and it is not frozen);
-  lambda_reg <- clip(lambda_reg * exp(-rate if acc > target_accuracy else +rate), lambda_min, lambda_max).
-With ``classifier_clean_weight`` w > 0 (our addition, 0 is the paper) the classifier's loss adds w times its
-cross-entropy on the clean images, so that it keeps knowing the classes while it learns the corrupted images.
-During the first ``classifier_pretrain_steps`` steps (our addition, 0 disables it) only the classifier trains, on
-the clean images, and lambda_reg stays: the game then starts against a classifier that recognises the objects, which
-the Sec. 3.4 ablation (classifier frozen after that) needs.
+The corruption network minimises the objective (``aln_jax.objectives``; Eq. (1)) + lambda_reg * occluded area; the
+classifier cross-entropy on the corrupted images, in the steps where its accuracy <= target_accuracy; lambda_reg
+adapts (``adapt``, Sec. 2.4). The step's rules, our additions and its data parallelism: ``make_train_step``.
 """
 
 import dataclasses
@@ -99,7 +84,8 @@ def adapt(lambda_reg: jax.Array, accuracy: jax.Array, s: Settings) -> tuple[jax.
 
 def init_state(corruption: nnx.Module, classifier: nnx.Module, tx_corruption, tx_classifier,
                lambda_reg: float) -> dict:
-    """The training state as a plain pytree of numpy/JAX arrays."""
+    """The training state as one plain pytree of numpy/JAX arrays: both networks' parameters and optax states,
+    ``lambda_reg`` and ``step``."""
     pc = nnx.to_pure_dict(nnx.state(corruption, nnx.Param))
     pk = nnx.to_pure_dict(nnx.state(classifier, nnx.Param))
     return dict(corruption=dict(params=pc, opt_state=tx_corruption.init(pc)),
@@ -115,6 +101,25 @@ def make_train_step(corruption_def: nnx.GraphDef, classifier_def: nnx.GraphDef, 
                     s: Settings, mesh: Mesh):
     """``train_step(state, batch, key, step) -> (state, metrics)``: jitted programs, the state donated; ``step``
     (the host's copy of ``state['step']``) picks classifier pre-training or the adversarial step.
+
+    Per step, with the classifier's accuracy ``acc`` on this global batch of corrupted images (before the update):
+      corruption loss  = mean over images of the objective (``train.objective``, ``aln_jax.objectives``; Eq. (1):
+                         c_top - mean_{j != top} c_j) + lambda_reg * mean occluded fraction
+      classifier loss  = softmax cross-entropy with the true label on the corrupted image (minimised; the paper's
+                         "maximise" is a typo: the classifier must keep recognising corrupted images)
+      the corruption network always takes an Adam step on its loss;
+      the classifier takes one on its loss only when acc <= target_accuracy (and it is not frozen);
+      lambda_reg <- clip(lambda_reg * exp(-rate if acc > target_accuracy else +rate), lambda_min, lambda_max).
+    With ``classifier_clean_weight`` w > 0 (our addition, 0 is the paper) the classifier's loss adds w times its
+    cross-entropy on the clean images, so that it keeps knowing the classes while it learns the corrupted images.
+    During the first ``classifier_pretrain_steps`` steps (our addition, 0 disables it) only the classifier trains, on
+    the clean images, and lambda_reg stays: the game then starts against a classifier that recognises the objects,
+    which the Sec. 3.4 ablation (classifier frozen after that) needs.
+
+    The step is per-device code under ``jax.shard_map`` over a one-axis ``data`` mesh of every device of every
+    process (the pmap style): each device takes its slice of the global batch, gradients are averaged with ``pmean``
+    and the counts of correct predictions summed with ``psum``, so every device takes the same training decision and
+    holds the same state.
 
     ``batch``: ``images`` uint8 (B, H, W, 3), ``labels`` int32 (B,), ``segments`` uint8 (B, H, W), ``position``
     int32 (B,) each image's row in the global batch; all sharded along ``data``. The Gumbel noise of an image is

@@ -1,15 +1,8 @@
-"""Times the ALN's parts apart, so a user sees which one bounds training: the train step, SLIC, evaluation.
+"""The ALN's parts timed apart, to show which one bounds training: the jitted train step (images per second), SLIC on
+the host with 1 and ``--slic_workers`` processes, and evaluation (ms per image of the jitted map and class, with the
+per-pixel and the superpixel-mean map, and of the box). How it measures, and the figures: BENCHMARKS.md.
 
   python -m benchmarks.aln --config=configs/aln.py --out=/tmp/aln_bench.json
-
-- train step: images per second of the jitted min-max step (both networks, forward and backward) at
-  ``config.batch_size`` on real embedded images and their superpixels, after a warm-up call (compile timed apart);
-- SLIC: images per second of ``aln_jax.superpixels.slic_batch`` with 1 and ``--slic_workers`` processes;
-- evaluation: milliseconds per image of the map (corruption network) and the ALN's class, jitted, at
-  ``--eval_batch``, with the per-pixel map and with the superpixel-mean map (SLIC on the host, one process), and
-  of the paper's box (Sec. 3.2) from the map on the host.
-Weights are freshly initialised (or loaded, where the config names a checkpoint): the cost does not depend on
-their values.
 """
 
 import json

@@ -1,31 +1,10 @@
-r"""End to end on the same embedded images: the authors' procedure against our main job, speed and localisation error.
+r"""End to end on the same embedded images: the authors' perceptual-ball procedure (their torch ``LBFGS.step``, one
+image at a time) against our main job (``configs/guided.py``, vmapped L-BFGS), both stored in the main job's batch
+files (``WORKDIR/jax``, ``WORKDIR/torch``) and scored by the same code: seconds, images per second, L-BFGS steps per
+image and the localisation error. ``--num_tune``/``--num_eval`` take the first images of the config's splits; the
+workdir must be new or empty. What each side runs and what is timed, and the figures: BENCHMARKS.md.
 
     python -m benchmarks.end_to_end --workdir=/tmp/end_to_end --out=/tmp/end_to_end.json
-
-Both explain the guided config's (``configs/guided.py``) 200 tuning and 500 evaluation images of the embedded
-benchmark with the shipped classifier, store the maps in the main job's batch files (``WORKDIR/jax``,
-``WORKDIR/torch``) and score them with the same protocol code (``scoring.score``, ``report.write_all``).
-
-* ours: ``explain.explain_and_evaluate`` (``python -m perturb_jax.main --config=configs/guided.py``), in process:
-  batches of 32, one vmapped L-BFGS per image, at most the config's 30 steps (``--jax_steps``).
-* the authors': ``torch_reference.perceptual_ball`` (their one ``torch.optim.LBFGS`` step, history 100, no line
-  search, tolerances torch's defaults) one image at a time, ``max_iter`` ``--torch_steps`` (100, their example), on
-  the torch replica of the shipped classifier (``benchmark.build_weights``), ``torch.set_num_threads(cores)``; same
-  layers, lambdas, target margin and target (the predicted class). The maps are made as our job makes them: the
-  perturbation's norm, guided by the input gradient dC_target/dx (computed in torch), then smoothed.
-
-What is timed (wall clock, ``time.perf_counter``):
-
-* ``explain_s`` (the table's seconds; images/s divides the images by it): ours, every ``explain.explain_split`` call
-  (reading the images, the jitted explainer on each batch, its one XLA compilation included, writing the batch
-  files); the authors', the same work in torch (reading the images, per image the L-BFGS step, the input gradient,
-  the final margin and loss, the maps (our jitted map code: one small compilation); writing the batch files).
-* ``whole_s``: ours, the whole ``explain_and_evaluate`` call (also loading the checkpoint, scoring and the report);
-  the authors', building the torch replica from the checkpoint, explaining, scoring and the report.
-
-Steps are L-BFGS iterations (updates of the image) per image: ours as stored by the job, torch's from its closure
-evaluations (``benchmark.torch_iterations``; one too many where a tolerance stops it after ``max_iter - 1``).
-``--num_tune``/``--num_eval`` take the first images of the config's splits. The workdir must be new or empty.
 """
 
 import contextlib
@@ -46,11 +25,10 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import eval.datasets  # noqa: E402
-from benchmarks import explainer as benchmark  # noqa: E402
+from benchmarks import common  # noqa: E402
 from eval import boxes as box_ops  # noqa: E402
-from eval import scoring  # noqa: E402
 from eval.errors import ConfigError  # noqa: E402
-from perturb_jax.explain import job as explain, report, results_store  # noqa: E402
+from perturb_jax.explain import job as explain, report, results_store, scores  # noqa: E402
 from perturb_jax.methods.perceptual_ball import objective, saliency  # noqa: E402
 from perturb_jax.runtime import cli  # noqa: E402
 from perturb_jax.runtime.checkpoint import CheckpointError  # noqa: E402
@@ -153,7 +131,8 @@ def explain_image_torch(model, x: np.ndarray, config, torch_steps: int) -> dict:
     t = target.numpy().astype(np.int32)
     return dict(saliency=np.asarray(smoothed), gradient=np.asarray(gradient), predicted=t[0], target=t[0],
                 margin=_margin(logits, t), margin_adv=_margin(logits_adv, t), loss=loss,
-                steps=np.int32(benchmark.torch_iterations(torch_steps, evaluations)),
+                # One too many where a tolerance stops torch's step after max_iter - 1 iterations.
+                steps=np.int32(common.torch_iterations(torch_steps, evaluations)),
                 failed=not (np.isfinite(loss) and bool(torch.isfinite(x_adv).all())))
 
 
@@ -192,17 +171,16 @@ def run_authors(config, workdir: str, torch_steps: int) -> dict:
     """The authors' procedure on the config's splits, scored as ``explain_and_evaluate`` scores; summary, timings."""
     import torch  # noqa: PLC0415 - optional dependency.
 
-
     torch.set_num_threads(os.cpu_count())
     start = time.perf_counter()
-    model = benchmark.build_weights("embedded")[0].eval().requires_grad_(False)
+    model = common.build_weights("embedded")[0].eval().requires_grad_(False)
     os.makedirs(workdir)
     explain_start = time.perf_counter()
     for split_name, split in zip(explain.SPLITS, (config.data.tune_split, config.data.eval_split)):
         explain_split_torch(model, config, workdir, split_name, split, torch_steps)
     explain_s = time.perf_counter() - explain_start
     tune, evaluation = (results_store.read_split(workdir, name, config.methods) for name in explain.SPLITS)
-    summary, per_image = scoring.score(config, tune, evaluation)
+    summary, per_image = scores.score(config, tune, evaluation)
     report.write_all(workdir, config, summary, per_image, evaluation)
     return dict(summary=summary, explain_s=explain_s, whole_s=time.perf_counter() - start,
                 threads=torch.get_num_threads())
@@ -251,7 +229,7 @@ def run(workdir: str, out: str, num_tune: int, num_eval: int, torch_steps: int, 
     rows = [ours, authors]
     result = dict(date=datetime.date.today().isoformat(),
                   command=" ".join(["python -m benchmarks.end_to_end"] + sys.argv[1:]),
-                  platform=benchmark.platform_info(), splits=dict(tune=config.data.tune_split,
+                  platform=common.platform_info(), splits=dict(tune=config.data.tune_split,
                                                                   eval=config.data.eval_split),
                   config=json.loads(config.to_json()), torch_steps=torch_steps,
                   timed=dict(explain_s="explaining: reading the images, optimising, maps, writing batch files "

@@ -1,26 +1,12 @@
-"""Images per second of every method against its reference library: the same settings, the same images, the same
-CPU, the same run.
+r"""Images per second of every method of Table 1 against its reference library (Captum, TorchRay, torchattacks,
+the authors' torch L-BFGS for the perceptual ball) on the torch replica holding the same weights, the same images
+and settings (``configs/table1.py``), and the largest difference of the maps; ``--network_batches`` also times the
+bare network on both sides (``network_rows``). Needs torch and the reference libraries (the test install). How it
+measures, and the figures: BENCHMARKS.md.
 
-  python -m benchmarks.methods --out=/tmp/methods_bench.json
+  python -m benchmarks.methods --batch_size=32 --reference_images=8 --network_batches=8,32,256 \
+      --out=/tmp/methods_bench.json
   python -m benchmarks.methods --methods=rise,occlusion --batch_size=32 --reference_images=8
-  python -m benchmarks.methods --methods=gradient --network_batches=8,32,256
-
-The last also times the bare network on both sides (``network_rows``), which says where a row's time goes.
-
-Ours: the method jitted (compiled ahead; the compile time is reported apart), on ``--batch_size`` images of the
-embedded benchmark's evaluation split, the best of ``--repeats`` calls. Reference: Captum 0.9 (gradient, guided
-backpropagation, Grad-CAM, guided Grad-CAM, Integrated Gradients, SmoothGrad, occlusion), TorchRay 1.0.0.2
-(excitation backprop, extremal perturbation, RISE), torchattacks 3.5.1 (DeepFool), the authors' procedure
-(perceptual ball: one ``torch.optim.LBFGS.step`` per image), on the torch replica holding the same weights, with
-every core, on the first ``--reference_images`` of those images (the per-image libraries would take minutes on the
-whole batch; images per second is per image either way), one untimed call and then one timed call; ours is also
-timed on just those images, compiled for them, one untimed call and then the best of ``--repeats``. The settings
-are ``configs/table1.py``'s (``--variant``). Each row also gives the largest difference between our maps and the
-reference's on the images both explained, relative to the reference's largest value (the parity tests hold these
-to 1e-4 on random networks; the trained network and real images are a second check), and, for scale, the same
-figure for the reference against itself when its input moves by normal noise of sigma 1e-6 (its timed call):
-iterative methods (the perceptual ball, extremal perturbation) amplify such differences, so that two exact
-implementations part by about as much as that column. Needs torch and the reference libraries (the test install).
 """
 
 import json
@@ -35,7 +21,7 @@ from absl import app, flags
 from flax import nnx
 
 import eval.datasets
-from benchmarks import explainer as benchmark, end_to_end
+from benchmarks import common as bench_common, end_to_end
 from perturb_jax.runtime import checkpoint
 from perturb_jax.explain import config as config_lib, job as explain
 from perturb_jax import methods
@@ -93,8 +79,8 @@ def reference_maps(name: str, torch_model, images: np.ndarray, targets: np.ndarr
 
 
 def _best_of(call, repeats: int) -> float:
-    """The least wall time of ``repeats`` calls of ``call`` after an untimed one (``benchmark.timed``)."""
-    return min(benchmark.timed(call, jax.block_until_ready, repeats))
+    """The least wall time of ``repeats`` calls of ``call`` after an untimed one (``bench_common.timed``)."""
+    return min(bench_common.timed(call, jax.block_until_ready, repeats))
 
 
 def measure(name: str, config, graphdef, state, torch_model, images: np.ndarray, targets: np.ndarray,
@@ -234,7 +220,7 @@ def main(argv) -> None:
         import torch  # noqa: PLC0415 - the test install's
 
         torch.set_num_threads(os.cpu_count())
-        torch_model = benchmark.build_weights("embedded")[0].eval().requires_grad_(False)
+        torch_model = bench_common.build_weights("embedded")[0].eval().requires_grad_(False)
     rows = []
     for name in f.methods:
         rows.append(measure(name, config, graphdef, state, torch_model, images, targets, f.reference_images,
@@ -248,7 +234,7 @@ def main(argv) -> None:
         print(network_table(network))
     if f.out:
         with open(f.out, "w") as out:
-            json.dump(dict(platform=benchmark.platform_info(), split=split, rows=rows, network=network), out,
+            json.dump(dict(platform=bench_common.platform_info(), split=split, rows=rows, network=network), out,
                       indent=1)
 
 

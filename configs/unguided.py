@@ -5,7 +5,7 @@
       --config.data.manual_dir=$HOME/imagenet --config.data.boxes=$HOME/imagenet/ILSVRC2012_bbox_val_v3.tgz \
       --config.model.checkpoint=$HOME/vgg19_bn_flax
 
-The argument after ':' picks the data (see perturb_jax/config.py: '', 'imagenet', 'cub', 'folder', 'tiny').
+The argument after ':' picks the data (see perturb_jax/explain/config.py: '', 'imagenet', 'cub', 'folder', 'tiny').
 """
 
 from perturb_jax.explain import config as base

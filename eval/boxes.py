@@ -1,14 +1,8 @@
 """Boxes from saliency maps for weak localisation.
 
 Thresholding strategies of Fong & Vedaldi (2017, ruthcfong/perturb_explanations ``getbb_from_heatmap``), the
-largest-connected-component step of the perceptual-ball paper and of wsolevaluation (Choe et al. 2020), and the
-VOC IoU. Boxes follow ``eval.datasets``: int32 pixel coordinates, inclusive, ordered (ymin, xmin, ymax, xmax).
-Sizes are (H, W).
-
-Connected components use 8-connectivity (``scipy.ndimage.label`` with a 3x3 structure of ones, the same
-partition as ``skimage.measure.label(connectivity=2)``; cv2 contours, used by wsolevaluation, also follow
-8-connected foreground). Several masks of one size are labelled in one call, stacked along a first axis that the
-structuring element does not connect.
+largest-connected-component step of the perceptual-ball paper and of wsolevaluation (Choe et al. 2020), and the VOC
+IoU. Boxes follow ``eval.datasets``: int32 inclusive pixel coordinates (ymin, xmin, ymax, xmax); sizes are (H, W).
 """
 
 import numpy as np
@@ -17,7 +11,11 @@ from skimage import transform
 
 STRATEGIES = ('mean', 'value', 'energy')
 
-# 8-connectivity inside each plane of a (T, H, W) stack, none across planes.
+# Connected components use 8-connectivity inside each plane of a (T, H, W) stack, none across planes
+# (``scipy.ndimage.label`` with a 3x3 structure of ones, the same partition as
+# ``skimage.measure.label(connectivity=2)``; cv2 contours, used by wsolevaluation, also follow 8-connected
+# foreground). Several masks of one size are labelled in one call, stacked along a first axis that the structuring
+# element does not connect.
 _PLANAR_8 = np.zeros((3, 3, 3), dtype=bool)
 _PLANAR_8[1] = True
 

@@ -3,11 +3,6 @@
 Fong & Vedaldi (2017): boxes from three thresholding strategies, correct when the best IoU (VOC +1 convention) with
 the image's ground-truth boxes is >= 0.5; alpha is chosen on a tuning split and the error is reported on a disjoint
 evaluation split. wsolevaluation (Choe et al. 2020): MaxBoxAcc over a sweep of thresholds on min-max normalised maps.
-
-Maps and ground-truth boxes must be in the same pixels (both at the model's input size, or the maps resized with
-``boxes.resize_map`` to the original size with ``boxes_original``). Images without ground-truth boxes are not
-scored: the sweeps reject them (ValueError), the caller drops them first; ``per_image_results`` accepts them.
-Accuracies and errors are fractions in [0, 1].
 """
 
 import numpy as np
@@ -26,6 +21,10 @@ ALPHAS = {
 CENTRED_FRACTIONS = np.round(np.arange(1, 21) * 0.05, 2)
 
 
+# Maps and ground-truth boxes must be in the same pixels (both at the model's input size, or the maps resized with
+# ``boxes.resize_map`` to the original size with ``boxes_original``). Images without ground-truth boxes are not
+# scored: the sweeps reject them (ValueError), the caller drops them first; ``per_image_results`` accepts them.
+# Accuracies and errors are fractions in [0, 1].
 def _gt(gt_boxes):
     gt = np.asarray(gt_boxes, dtype=np.int64).reshape(-1, 4)
     if len(gt) == 0:

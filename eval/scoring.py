@@ -1,165 +1,136 @@
-"""Scores stored maps with the weak-localisation protocol of ``eval.protocol``: every method of ``config.methods``
-tuned on one split and reported on the other, the priors (centred box, whole image), MaxBoxAcc, seconds per image,
-and the per-image rows. Without tuning images, each strategy is reported at its given alpha
-(``config.protocol.given_alphas``)."""
+"""The weak-localisation scorer both jobs call (the explain job, ``perturb_jax.explain.scores``; the ALN,
+``aln_jax.evaluate``), and the ``protocol`` config group it reads.
+
+``score(settings, tune, evaluation)`` takes maps and ground-truth boxes in the same pixels and gives, per strategy,
+the error with alpha tuned on the tuning split and reported on the evaluation split (Fong & Vedaldi 2017;
+``protocol.tune_and_evaluate``), or at the given alphas without tuning images; MaxBoxAcc (wsolevaluation, Choe et
+al. 2020); and each image's box and IoU at the chosen alphas. ``priors`` scores the centred box (its side tuned on
+the tuning split) and the whole image. Images without ground-truth boxes are not scored. Nothing here knows of
+methods, labels or the jobs' configs.
+"""
+
+import dataclasses
+from typing import Mapping, NamedTuple, Sequence
 
 import ml_collections
 import numpy as np
 
-from eval import boxes as box_ops
 from eval import protocol
 from eval.errors import ConfigError
 
 STRATEGIES = ("value", "mean", "energy")  # the order of the tables
 
 
-def method_label(config: ml_collections.ConfigDict, method: str) -> str:
-    """The method's name in the table (the perceptual ball says which variant)."""
-    if method == "perceptual_ball":
-        return "perceptual_ball_" + ("guided" if config.method.perceptual_ball.guided else "unguided")
-    return method
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The protocol's settings (``protocol_config``): strategies in order, the largest component's box or every
+    kept pixel's, each strategy's alpha sweep and given alpha, and MaxBoxAcc's threshold interval."""
+
+    strategies: tuple[str, ...]
+    largest_component: bool
+    alphas: Mapping[str, tuple[float, ...]]
+    given_alphas: Mapping[str, float]
+    max_box_acc_interval: float
+
+    @classmethod
+    def from_config(cls, group: ml_collections.ConfigDict) -> "Settings":
+        """From a ``protocol`` config group."""
+        strategies = tuple(group.strategies)
+        return cls(strategies, bool(group.largest_component),
+                   {s: tuple(float(a) for a in group[f"{s}_alphas"]) for s in strategies},
+                   {s: float(group.given_alphas[s]) for s in strategies}, float(group.max_box_acc_interval))
 
 
-def _frame(split: dict, key: str, config) -> tuple[list, list, list]:
-    """Maps, ground-truth boxes and image sizes in the evaluation frame (model input or original resolution). A
-    map is scored by its positive part: every method's map is non-negative but occlusion's, whose negative pixels
-    are those whose occlusion raised the class score (evidence against, not for, the object)."""
-    maps = [np.maximum(m, 0) for m in split[key]]
-    if config.data.eval_resolution == "original":
-        sizes = [tuple(int(v) for v in s) for s in split["original_size"]]
-        return [box_ops.resize_map(m, s) for m, s in zip(maps, sizes)], split["boxes_original"], sizes
-    return maps, split["boxes"], [m.shape for m in maps]
+class Split(NamedTuple):
+    """One split: (H, W) maps and (n, 4) ground-truth boxes, in the same pixels; ``failed`` (bool per image, or
+    None): maps that could not be made, each a localisation failure however its box falls."""
+
+    maps: Sequence[np.ndarray]
+    boxes: Sequence[np.ndarray]
+    failed: np.ndarray | None = None
 
 
-def _scored(split: dict) -> np.ndarray:
-    return np.array([len(b) > 0 for b in split.get("boxes", [])], bool)
+def _scored(boxes) -> np.ndarray:
+    return np.array([len(b) > 0 for b in boxes], bool)
 
 
 def _kept(items, keep):
     return [x for x, k in zip(items, keep) if k]
 
 
-def _sweep(split, frame, method, config, alphas):
-    maps, gt, _ = frame
-    keep = _scored(split)
-    success = protocol.sweep(_kept(maps, keep), _kept(gt, keep), tuple(config.protocol.strategies),
-                             config.protocol.largest_component, alphas)
-    failed = split[f"{method}/failed"][keep]
-    return {s: v & ~failed[:, None] for s, v in success.items()}  # a failed map is a localisation failure.
+def _failed(split: Split) -> np.ndarray:
+    return np.zeros(len(split.maps), bool) if split.failed is None else np.asarray(split.failed, bool)
 
 
-def _seconds_per_image(split: dict, method: str) -> tuple[float, int]:
-    seconds = split.get(f"{method}/batch_seconds", np.zeros(0))
-    images = split.get(f"{method}/batch_images", np.zeros(0))
-    return float(np.sum(seconds)), int(np.sum(images))
+def _sweep(settings: Settings, split: Split, alphas: dict) -> dict:
+    """Each scored image's success at each alpha; a failed map fails at every alpha."""
+    keep = _scored(split.boxes)
+    success = protocol.sweep(_kept(split.maps, keep), _kept(split.boxes, keep), settings.strategies,
+                             settings.largest_component, alphas)
+    failed = _failed(split)[keep]
+    return {s: v & ~failed[:, None] for s, v in success.items()}
 
 
-def score(config: ml_collections.ConfigDict, tune: dict, evaluation: dict) -> tuple[dict, list[dict]]:
-    """Returns the summary (errors per method and strategy, priors, MaxBoxAcc, seconds per image, counts) and the
-    per-image rows (one per split, method and image)."""
-    strategies = tuple(config.protocol.strategies)
-    alphas = {s: np.asarray(config.protocol[f"{s}_alphas"], float) for s in strategies}
-    labels = {m: method_label(config, m) for m in config.methods}
-    splits = {"tune": tune, "eval": evaluation}
-    # Each method's maps in the evaluation frame, made once (resizing to the original size is not free).
-    frames = {(name, m): _frame(split, f"{m}/saliency", config) for name, split in splits.items()
-              if len(split.get("image_id", [])) for m in config.methods}
-    summary = {"methods": list(labels.values()), "num_images": {}, "failed_images": {},
-               "skipped_images": [], "seconds_per_image": {}}
-    for split_name, split in splits.items():
-        ids = split.get("image_id", np.zeros(0, str))
-        summary["num_images"][split_name] = len(ids)
-        summary["num_images"][f"{split_name}_scored"] = int(_scored(split).sum())
-        summary["skipped_images"] += [{"image_id": str(i), "reason": str(r)} for i, r in
-                                      zip(split.get("skipped_id", []), split.get("skipped_reason", []))]
-        if not len(ids):
-            continue
-        for m, label in labels.items():
-            summary["failed_images"].setdefault(label, []).extend(str(i) for i in ids[split[f"{m}/failed"]])
-        labelled = split["label"] >= 0
-        summary.setdefault("classifier_accuracy", {})[split_name] = (
-            float((split["predicted"][labelled] == split["label"][labelled]).mean()) if labelled.any() else None)
-    for m, label in labels.items():
-        totals = [_seconds_per_image(split, m) for split in splits.values()]
-        seconds, images = sum(t[0] for t in totals), sum(t[1] for t in totals)
-        summary["seconds_per_image"][label] = seconds / images if images else None
-    if "perceptual_ball/margin_adv" in evaluation:
-        summary["perceptual_ball"] = {
-            f"{k}_{split_name}": float(np.mean(v)) for split_name, split in splits.items()
-            if len(split.get("image_id", [])) for k, v in
-            (("adversarial_success", split["perceptual_ball/margin_adv"] <= 0),
-             ("mean_steps", split["perceptual_ball/steps"]))}
+def score(settings: Settings, tune: Split | None, evaluation: Split) -> dict:
+    """Scores one set of maps (``tune`` may be None or empty). Returns:
 
-    tuned = summary["num_images"]["tune_scored"] > 0
-    errors, chosen = {}, {}
-    if summary["num_images"]["eval_scored"]:
-        keep_e = _scored(evaluation)
-        eval_frame = frames["eval", config.methods[0]]
-        for m, label in labels.items():
-            if tuned:
-                errors[label] = protocol.tune_and_evaluate(_sweep(tune, frames["tune", m], m, config, alphas),
-                                                           _sweep(evaluation, frames["eval", m], m, config, alphas),
-                                                           alphas)
-            else:
-                given = {s: np.asarray([config.protocol.given_alphas[s]], float) for s in strategies}
-                success = _sweep(evaluation, frames["eval", m], m, config, given)
-                errors[label] = {s: {"alpha": float(given[s][0]), "eval_error": float(1 - success[s][:, 0].mean())}
-                                 for s in strategies}
-            maps, gt, _ = frames["eval", m]
-            summary.setdefault("max_box_acc", {})[label] = {
-                str(k): v for k, v in protocol.max_box_acc(_kept(maps, keep_e), _kept(gt, keep_e),
-                                                           interval=config.protocol.max_box_acc_interval).items()}
-            chosen[label] = {s: errors[label][s]["alpha"] for s in strategies}
+    num_scored {tune, eval}: images with boxes; tuned: both splits have some, so alphas are tuned;
+    errors (None without scored evaluation images): tuned, ``protocol.tune_and_evaluate``'s {strategy: ...,
+    'best': ...}; else {strategy: {alpha, eval_error}} at ``settings.given_alphas``; best: errors['best'] or None;
+    max_box_acc ({'0.3', '0.5', '0.7', 'mean', 'best_threshold'}, or None) on the scored evaluation maps;
+    chosen_alpha {strategy: alpha}: the errors' alphas, the given ones without errors; per_image {tune, eval}:
+    ``protocol.per_image_results`` of every image at the chosen alphas, a failed map never correct.
+    """
+    tune = tune or Split([], [])
+    strategies = settings.strategies
+    alphas = {s: np.asarray(settings.alphas[s], float) for s in strategies}
+    num_scored = {"tune": int(_scored(tune.boxes).sum()), "eval": int(_scored(evaluation.boxes).sum())}
+    tuned = bool(num_scored["tune"] and num_scored["eval"])
+    errors = max_box_acc = None
+    if num_scored["eval"]:
         if tuned:
-            keep_t = _scored(tune)
-            tune_frame = frames["tune", config.methods[0]]
-            errors["centred_box"] = protocol.centred_box_baseline(
-                _kept(tune_frame[1], keep_t), _kept(tune_frame[2], keep_t), _kept(eval_frame[1], keep_e),
-                _kept(eval_frame[2], keep_e))
-        errors["whole_image"] = {"eval_error": protocol.whole_image_error(_kept(eval_frame[1], keep_e),
-                                                                          _kept(eval_frame[2], keep_e))}
-        summary["localisation_error"] = errors
-        summary["tuned"] = tuned
-    for label in labels.values():  # without boxes to score, boxes are drawn at the given alphas
-        chosen.setdefault(label, {s: float(config.protocol.given_alphas[s]) for s in strategies})
-    summary["chosen_alpha"] = chosen
-    return summary, _per_image_rows(config, splits, frames, labels, chosen)
+            errors = protocol.tune_and_evaluate(_sweep(settings, tune, alphas), _sweep(settings, evaluation, alphas),
+                                                alphas)
+        else:
+            given = {s: np.asarray([settings.given_alphas[s]], float) for s in strategies}
+            success = _sweep(settings, evaluation, given)
+            errors = {s: {"alpha": float(given[s][0]), "eval_error": float(1 - success[s][:, 0].mean())}
+                      for s in strategies}
+        keep = _scored(evaluation.boxes)
+        max_box_acc = {str(k): v for k, v in protocol.max_box_acc(
+            _kept(evaluation.maps, keep), _kept(evaluation.boxes, keep),
+            interval=settings.max_box_acc_interval).items()}
+        chosen = {s: errors[s]["alpha"] for s in strategies}
+    else:
+        chosen = {s: float(settings.given_alphas[s]) for s in strategies}
+    per_image = {}
+    for name, split in (("tune", tune), ("eval", evaluation)):
+        per = protocol.per_image_results(split.maps, split.boxes, chosen, settings.largest_component)
+        failed = _failed(split)
+        per_image[name] = {s: {**r, "correct": r["correct"] & ~failed} for s, r in per.items()}
+    return {"num_scored": num_scored, "tuned": tuned, "errors": errors,
+            "best": errors.get("best") if errors else None, "max_box_acc": max_box_acc, "chosen_alpha": chosen,
+            "per_image": per_image}
 
 
-def _per_image_rows(config, splits: dict, frames: dict, labels: dict, chosen: dict) -> list[dict]:
-    rows = []
-    for split_name, split in splits.items():
-        if not len(split.get("image_id", [])):
-            continue
-        for m, label in labels.items():
-            maps, gt, _ = frames[split_name, m]
-            per = protocol.per_image_results(maps, gt, chosen[label], config.protocol.largest_component)
-            extras = [k.split("/", 1)[1] for k in split if k.startswith(f"{m}/")]
-            extras = [k for k in extras if k not in ("saliency", "failed") and not k.startswith("batch_")]
-            for i, image_id in enumerate(split["image_id"]):
-                row = {"split": split_name, "method": label, "image_id": str(image_id),
-                       "label": int(split["label"][i]), "predicted": int(split["predicted"][i]),
-                       "target": int(split["target"][i]), "failed": bool(split[f"{m}/failed"][i]),
-                       "num_gt_boxes": len(gt[i])}
-                row.update({k: _scalar(split[f"{m}/{k}"][i]) for k in extras})
-                for s, r in per.items():
-                    row[f"{s}_box"] = " ".join(str(int(v)) for v in r["box"][i])
-                    row[f"{s}_iou"] = None if np.isnan(r["iou"][i]) else round(float(r["iou"][i]), 4)
-                    row[f"{s}_correct"] = bool(r["correct"][i]) and not row["failed"]
-                rows.append(row)
-    return rows
-
-
-def _scalar(value):
-    """A per-image diagnostic as a JSON value (a vector, e.g. extremal perturbation's areas, as a list)."""
-    value = np.asarray(value)
-    if value.ndim:
-        return [round(float(v), 6) for v in value.ravel()]
-    return bool(value) if value.dtype == bool else int(value) if value.dtype.kind in "iu" else float(value)
+def priors(tune_boxes, tune_sizes, eval_boxes, eval_sizes) -> dict:
+    """The trivial baselines on the images with boxes (sizes: (H, W) of the boxes' pixels): centred_box
+    (``protocol.centred_box_baseline``, its side chosen on the tuning split) when both splits have such images,
+    whole_image {eval_error} when the evaluation split has; {} when it has none."""
+    keep_t, keep_e = _scored(tune_boxes), _scored(eval_boxes)
+    if not keep_e.any():
+        return {}
+    out = {}
+    if keep_t.any():
+        out["centred_box"] = protocol.centred_box_baseline(_kept(tune_boxes, keep_t), _kept(tune_sizes, keep_t),
+                                                           _kept(eval_boxes, keep_e), _kept(eval_sizes, keep_e))
+    out["whole_image"] = {"eval_error": protocol.whole_image_error(_kept(eval_boxes, keep_e),
+                                                                   _kept(eval_sizes, keep_e))}
+    return out
 
 
 def protocol_config() -> ml_collections.ConfigDict:
-    """The ``protocol`` group both jobs score with (``score``'s settings)."""
+    """The ``protocol`` group both jobs score with (``Settings.from_config`` reads it)."""
     p = ml_collections.ConfigDict()
     p.strategies = STRATEGIES
     p.largest_component = True  # paper Sec. 3; False boxes every kept pixel (Fong & Vedaldi).

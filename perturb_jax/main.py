@@ -1,9 +1,9 @@
-"""Explains and scores images with perturbations on the perceptual ball.
+"""Explains and scores images with the methods of the config (the perceptual ball, Table 1's methods).
 
   python -m perturb_jax.main --config=configs/guided.py --workdir=/tmp/guided
 
 hands the config and the workdir to ``explain.explain_and_evaluate``. Any field can be overridden, e.g.
-``--config.method.perceptual_ball.lam_perceptual=1000``; a misspelt field is an error.
+``--config.method.rise.num_masks=500``; a misspelt field is an error.
 """
 
 import os

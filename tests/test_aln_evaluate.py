@@ -1,5 +1,5 @@
-"""The ALN's evaluation (aln_jax.evaluate) on synthetic maps with known answers, and once end to end on the tiny
-clutter_shapes data with numpy stand-ins for the networks."""
+"""The ALN's evaluation (aln_jax.evaluate, predict, report) on synthetic maps with known answers, and once end
+to end on the tiny clutter_shapes data with numpy stand-ins for the networks."""
 
 import csv
 import json
@@ -11,7 +11,7 @@ from skimage import io as skio
 
 import eval.datasets
 from aln_jax import config as config_lib
-from aln_jax import evaluate
+from aln_jax import evaluate, predict, report
 from eval import boxes
 
 
@@ -161,7 +161,7 @@ class _Fake:
 
 def test_predict_split_pads_the_last_batch_and_drops_padding():
     fake = _Fake()
-    out = evaluate.predict_split(iter(_examples(6, bad=(4,))), fake.predict, fake.strong, batch_size=2,
+    out = predict.predict_split(iter(_examples(6, bad=(4,))), fake.predict, fake.strong, batch_size=2,
                                  num_figures=3)
     assert fake.sizes == [2, 2, 2]  # 5 readable images: the last batch padded with its last image
     assert out["image_id"].tolist() == ["im0", "im1", "im2", "im3", "im5"]
@@ -187,13 +187,13 @@ def _assert_splits_equal(a, b, skip=("predict_seconds",)):
 def test_gather_one_process_is_identity_and_shares_merge_in_order():
     fake = _Fake()
     examples = _examples(9, bad=(2, 7))
-    whole = evaluate.predict_split(iter(examples), fake.predict, fake.strong, 2, num_figures=4)
-    _assert_splits_equal(evaluate.gather(whole), whole, skip=())
-    shares = [evaluate.predict_split(evaluate.process_share(iter(examples), p, 3), fake.predict, fake.strong, 2, 4)
+    whole = predict.predict_split(iter(examples), fake.predict, fake.strong, 2, num_figures=4)
+    _assert_splits_equal(predict.gather(whole), whole, skip=())
+    shares = [predict.predict_split(predict.process_share(iter(examples), p, 3), fake.predict, fake.strong, 2, 4)
               for p in range(3)]
     assert [s["image_id"].tolist() for s in shares] == [["im0", "im3", "im6"], ["im1", "im4"], ["im5", "im8"]]
-    merged = evaluate.merge_shares(shares)
-    for key in evaluate.FIGURE_KEYS:  # every share's first figures, in order: the split's first 4 lead
+    merged = predict.merge_shares(shares)
+    for key in predict.FIGURE_KEYS:  # every share's first figures, in order: the split's first 4 lead
         merged[key] = merged[key][:4]
     _assert_splits_equal(merged, whole)
     assert merged["predict_seconds"].shape == (3,)
@@ -205,7 +205,7 @@ def test_write_report_files_and_figure_size(tmp_path):
     evaluation.update(images=np.zeros((4, 16, 16, 3), np.uint8), masked=np.zeros((4, 8, 8, 3), np.uint8),
                       prob_small=evaluation["prob"][:, ::2, ::2])
     summary, rows = evaluate.score(config, tune, evaluation)
-    evaluate.write_report(str(tmp_path), config, summary, rows, evaluation)
+    report.write_report(str(tmp_path), config, summary, rows, evaluation)
     table = (tmp_path / "table.md").read_text()
     assert "| ALN, paper threshold (Sec. 3.2: 0.7 mean + 0.3 max) | 0.750 | 0.500 | 0.250 |" in table
     assert "| whole image | 0.000 |  |  |  | 4 |" in table
@@ -220,7 +220,7 @@ def test_write_report_files_and_figure_size(tmp_path):
 def test_ablation_figure_size(tmp_path):
     images = np.zeros((2, 32, 32, 3), np.uint8)
     maps = np.random.default_rng(0).random((2, 8, 8))
-    evaluate.ablation_figure(str(tmp_path / "ablation.png"), images, maps, maps[::-1])
+    report.ablation_figure(str(tmp_path / "ablation.png"), images, maps, maps[::-1])
     assert skio.imread(tmp_path / "ablation.png").shape[:2] == (16 + 2 * (32 * 6 + 4), (3 * 32 + 4) * 6 + 4)
 
 

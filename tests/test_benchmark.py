@@ -1,9 +1,10 @@
-"""The benchmark's per-configuration measurement, in-process: embedded model, batch 1, 12 and 4 steps."""
+"""The explainer benchmarks' per-configuration measurement, in-process (embedded model, batch 1, 12 and 4 steps),
+and their shared set-up (``benchmarks.common``)."""
 
 import numpy as np
 import pytest
 
-from benchmarks import explainer as benchmark
+from benchmarks import common, explainer_vs_torch
 
 POSITIVE = ("call_s", "call_s_min", "ms_per_step", "images_per_s", "peak_mb", "steps")
 
@@ -13,7 +14,7 @@ POSITIVE = ("call_s", "call_s_min", "ms_per_step", "images_per_s", "peak_mb", "s
 def test_measure_embedded_batch1(impl):
     if impl == "torch":
         pytest.importorskip("torch")
-    r = benchmark.measure(impl, "embedded", 1, steps=12, repeats=1)
+    r = explainer_vs_torch.measure(impl, "embedded", 1, steps=12, repeats=1)
     assert r["impl"] == impl and r["model"] == "embedded" and r["batch_size"] == 1
     assert r["steps"] == 12 and r["steps_lo"] == 4
     # The per-step cost is a difference of two timings (it can come out negative on a loaded machine): check that
@@ -30,8 +31,8 @@ def test_measure_embedded_batch1(impl):
 
 def test_torch_state_dict_inverts_the_conversion():
     pytest.importorskip("torch")
-    tmodel, pure, _ = benchmark.build_weights("embedded")
-    back = benchmark.torch_state_dict(pure)
+    tmodel, pure, _ = common.build_weights("embedded")
+    back = common.torch_state_dict(pure)
     for k, v in tmodel.state_dict().items():
         np.testing.assert_array_equal(back[k].numpy(), v.numpy(), err_msg=k)
 
@@ -51,7 +52,7 @@ def test_torch_iterations_match_lbfgs():
             return loss
 
         opt.step(closure)
-        assert benchmark.torch_iterations(max_iter, len(calls)) == opt.state[x]["n_iter"], max_iter
+        assert common.torch_iterations(max_iter, len(calls)) == opt.state[x]["n_iter"], max_iter
 
 
 @pytest.mark.slow  # ~20 s: two eager model builds and an Orbax round trip.
@@ -59,11 +60,11 @@ def test_checkpoint_weights_reach_both_models(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     from perturb_jax.runtime import checkpoint, convert_weights
 
-    source, pure, _ = benchmark.build_weights("embedded", seed=1)
+    source, pure, _ = common.build_weights("embedded", seed=1)
     path = str(tmp_path / "ckpt")
     checkpoint.save_model(convert_weights.build_model(pure, 10, 8), path, num_classes=10, width_divisor=8)
-    monkeypatch.setattr(benchmark.config, "EMBEDDED_CHECKPOINT", path)
-    tmodel, loaded, weights = benchmark.build_weights("embedded", seed=0)
+    monkeypatch.setattr(common.config, "EMBEDDED_CHECKPOINT", path)
+    tmodel, loaded, weights = common.build_weights("embedded", seed=0)
     assert weights.startswith("trained checkpoint")
     np.testing.assert_array_equal(loaded["fc"][0]["kernel"], pure["fc"][0]["kernel"])
     for k, v in source.state_dict().items():
@@ -72,7 +73,7 @@ def test_checkpoint_weights_reach_both_models(tmp_path, monkeypatch):
 
 def test_marginal_cost_from_two_step_counts():
     """Calls of 1.0 s at 30 steps and 0.4 s at 10 (fastest of each), bare pass 20 ms: 30 ms per step, 100 ms once."""
-    r = benchmark._marginal([1.2, 1.0], 30, [0.4, 0.5], 10, [0.03, 0.02])
+    r = explainer_vs_torch._marginal([1.2, 1.0], 30, [0.4, 0.5], 10, [0.03, 0.02])
     assert r["marginal_ms_per_step"] == pytest.approx(30.0) and r["once_ms"] == pytest.approx(100.0)
     assert r["bare_ms"] == pytest.approx(20.0) and r["step_over_bare"] == pytest.approx(1.5)
 
@@ -84,11 +85,11 @@ def test_bare_pass_is_the_same_computation_in_jax_and_torch():
     from perturb_jax.runtime import convert_weights
     from benchmarks.references import torch_reference
 
-    tmodel, pure, _ = benchmark.build_weights("embedded")
+    tmodel, pure, _ = common.build_weights("embedded")
     graphdef, state = nnx.split(convert_weights.build_model(pure, 10, 8))
-    x = benchmark.images(2, 64)
-    layers = benchmark.settings(2).relu_layers
-    ours = np.asarray(benchmark.bare_pass_jax(graphdef, layers)(state, x))
+    x = common.images(2, 64)
+    layers = common.settings(2).relu_layers
+    ours = np.asarray(common.bare_pass_jax(graphdef, layers)(state, x))
     z = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
     logits, acts = torch_reference.forward_with_relus(tmodel.eval(), z, layers)
     (logits[:, 0].sum() + sum(a.sum() for a in acts.values())).backward()

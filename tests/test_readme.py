@@ -8,13 +8,23 @@ from perturb_jax import methods
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _readme() -> str:
-    with open(os.path.join(ROOT, "README.md")) as f:
+def _readme(path: str = "README.md") -> str:
+    with open(os.path.join(ROOT, path)) as f:
         return f.read()
 
 
-def test_method_defaults_table_is_the_registry():
-    assert methods.defaults_table() in _readme()
+def test_method_defaults_tables_are_the_registry():
+    """The README shows the perceptual ball's options, docs/methods.md every method's."""
+    assert methods.defaults_table(("perceptual_ball",)) in _readme()
+    assert methods.defaults_table() in _readme("docs/methods.md")
+
+
+def test_readme_is_a_newcomers_page():
+    """About 300 lines at most (reference material lives in docs/), and every page it links exists."""
+    text = _readme()
+    assert len(text.splitlines()) <= 300
+    for link in re.findall(r"\]\(((?:docs/)?[\w./-]+\.(?:md|sh|png))\)", text):
+        assert os.path.isfile(os.path.join(ROOT, link)), link
 
 
 def test_ci_installs_what_the_readme_says():

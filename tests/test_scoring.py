@@ -1,10 +1,11 @@
-"""Scoring of stored maps: tuned on one split, reported on the other; failed images; the original-resolution frame."""
+"""Scoring of stored maps: tuned on one split, reported on the other; failed images; the original-resolution frame
+(the explain job's ``scores.score``); the scorer it calls (``eval.scoring.score``) on maps and boxes alone."""
 
 import numpy as np
 import pytest
 
-from perturb_jax.explain import config as config_lib
 from eval import scoring
+from perturb_jax.explain import config as config_lib, scores
 
 
 def _split(maps, boxes, failed=None, original_size=None, boxes_original=None):
@@ -45,7 +46,7 @@ def test_errors_counts_and_failed_images():
     # eval: image 0 exact (IoU 1), image 1 misses (disjoint), image 2 exact but its optimisation failed.
     evaluation = _split([_blob(0, 0, 5, 5), _blob(0, 0, 3, 3), _blob(8, 8, 15, 15)],
                         [[0, 0, 5, 5], [10, 10, 15, 15], [8, 8, 15, 15]], failed=[False, False, True])
-    summary, rows = scoring.score(_config(), tune, evaluation)
+    summary, rows = scores.score(_config(), tune, evaluation)
     assert summary["methods"] == ["perceptual_ball_guided", "gradient"]
     method = summary["localisation_error"]["perceptual_ball_guided"]
     assert method["value"]["tune_error"] == 0.0
@@ -69,10 +70,10 @@ def test_original_resolution_resizes_maps_and_uses_original_boxes():
     m[:, :8] = 1.0
     tune = _split([m], [[0, 0, 15, 7]], original_size=[(32, 8)], boxes_original=[[0, 0, 31, 3]])
     evaluation = _split([m], [[0, 0, 15, 7]], original_size=[(32, 8)], boxes_original=[[0, 0, 31, 3]])
-    model_frame, _ = scoring.score(_config(), tune, evaluation)
+    model_frame, _ = scores.score(_config(), tune, evaluation)
     c = _config()
     c.data.eval_resolution = "original"
-    original_frame, rows = scoring.score(c, tune, evaluation)
+    original_frame, rows = scores.score(c, tune, evaluation)
     assert model_frame["localisation_error"]["perceptual_ball_guided"]["value"]["eval_error"] == 0.0
     assert original_frame["localisation_error"]["perceptual_ball_guided"]["value"]["eval_error"] == 0.0
     box = [int(v) for v in [r for r in rows if r["method"] == "perceptual_ball_guided"][-1]["value_box"].split()]
@@ -86,7 +87,7 @@ def test_without_tuning_images_each_strategy_is_scored_at_its_given_alpha():
     c = _config()
     c.protocol.strategies = ("value", "mean")
     c.protocol.given_alphas.value = 0.5
-    summary, rows = scoring.score(c, {}, evaluation)
+    summary, rows = scores.score(c, {}, evaluation)
     errors = summary["localisation_error"]["perceptual_ball_guided"]
     # Boxed images 0 (exact) and 2 (disjoint); image 1 has no box and is not scored.
     assert summary["num_images"]["eval_scored"] == 2 and summary["tuned"] is False
@@ -95,3 +96,20 @@ def test_without_tuning_images_each_strategy_is_scored_at_its_given_alpha():
     assert "centred_box" not in summary["localisation_error"]
     ious = [r["value_iou"] for r in rows if r["method"] == "perceptual_ball_guided"]
     assert ious == [1.0, None, 0.0]
+
+
+def test_scorer_on_maps_and_boxes():
+    """``eval.scoring`` on the first test's perceptual-ball maps, with no job around them."""
+    settings = scoring.Settings.from_config(_config().protocol)
+    tune = scoring.Split([_blob(2, 2, 9, 9), _blob(4, 4, 12, 12)],
+                         [np.array([[2, 2, 9, 9]]), np.array([[4, 4, 12, 12]])])
+    gt = [np.array([[0, 0, 5, 5]]), np.array([[10, 10, 15, 15]]), np.array([[8, 8, 15, 15]])]
+    evaluation = scoring.Split([_blob(0, 0, 5, 5), _blob(0, 0, 3, 3), _blob(8, 8, 15, 15)], gt,
+                               np.array([False, False, True]))
+    result = scoring.score(settings, tune, evaluation)
+    assert result["tuned"] and result["best"]["strategy"] == "value"
+    assert result["errors"]["value"]["tune_error"] == 0.0
+    assert result["errors"]["value"]["eval_error"] == pytest.approx(2 / 3)
+    assert result["per_image"]["eval"]["value"]["correct"].tolist() == [True, False, False]
+    assert result["per_image"]["eval"]["value"]["iou"].tolist() == [1.0, 0.0, 1.0]
+    assert scoring.priors(tune.boxes, [(16, 16)] * 2, gt, [(16, 16)] * 3)["whole_image"]["eval_error"] == 1.0

@@ -1,6 +1,7 @@
 """The Sec. 3.4 ablation's figure: the maps of two trained workdirs (co-trained, classifier frozen) side by side.
 
-  python -m aln_jax.experiments.ablation --config=configs/aln.py:paper --workdirs=/tmp/aln,/tmp/aln_frozen --out=/tmp/ablation.png
+  python -m aln_jax.experiments.ablation --config=configs/aln.py:paper --workdirs=/tmp/aln,/tmp/aln_frozen \\
+      --out=/tmp/ablation.png
 
 Each row is one evaluation image: the image, then each workdir's occlusion map (its latest checkpoint). Prints each
 model's mean occluded area (probability >= 0.5) and its classifier's accuracy on these images.
@@ -16,7 +17,7 @@ from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import eval.datasets  # noqa: E402
-from aln_jax import evaluate, predict, train  # noqa: E402
+from aln_jax import predict, report, train  # noqa: E402
 from perturb_jax.runtime.cli import parse_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The config both workdirs were trained with.",
@@ -45,7 +46,7 @@ def main(argv):
         print(f"{workdir} (step {step}): occluded area {float((out['prob'] >= 0.5).mean()):.3f}, classifier "
               f"accuracy on these clean images {float((out['logits'].argmax(-1) == labels).mean()):.3f}")
     n = _IMAGES.value
-    evaluate.ablation_figure(_OUT.value, images[:n], maps[0][:n], maps[1][:n])
+    report.ablation_figure(_OUT.value, images[:n], maps[0][:n], maps[1][:n])
 
 
 if __name__ == "__main__":

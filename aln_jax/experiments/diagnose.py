@@ -1,28 +1,11 @@
 """Where the ALN's objective has its minimum, and whether the corruption network finds it.
 
-  python -m aln_jax.experiments.diagnose --config=configs/aln.py --workdir=DIR [--num_images=200] [--steps=300] [--lambda_reg=L]
-  python -m aln_jax.experiments.diagnose --config=configs/aln.py --classifier=perturb_jax/assets/clutter_shapes_vgg19bn_w8
+  python -m aln_jax.experiments.diagnose --config=configs/aln.py --workdir=DIR [--num_images=200] [--steps=300]
+  python -m aln_jax.experiments.diagnose --config=configs/aln.py \\
+      --classifier=perturb_jax/assets/clutter_shapes_vgg19bn_w8
 
-On the first ``--num_images`` images of ``config.data.eval_split`` (at ``aln.image_size``, SLIC superpixels as
-``config.slic``), each candidate occlusion mask is one 0/1 decision per superpixel broadcast to its pixels, as in
-training (Sec. 2.2), scored against a fixed classifier (the workdir's, or a VGG19_bn checkpoint, folded):
-  none                     nothing occluded;
-  object                   the superpixels >= 50% inside the object's pixel mask (data with masks);
-  touching                 every superpixel with a pixel in the object's mask (data with masks);
-  box                      the superpixels >= 50% inside the true boxes;
-  centred square           the superpixels >= 50% inside a centred square of the object's area (box area without
-                           masks): the centre prior;
-  network                  the corruption network's superpixel mean probability >= 0.5 (--workdir; given the
-                           true label when ``aln.class_conditional``);
-  optimum from nothing     per image, Adam (lr 0.1, --steps) on one logit per superpixel from 0 (p = 0.5) on the
-                           config's objective + lambda_reg x area with training's Gumbel straight-through decisions,
-                           then sigmoid >= 0.5 (the per-image bound: a corruption network amortises this search);
-  optimum from the object  the same from logits +3 on the object's superpixels, -3 elsewhere (data with masks).
-Per mask: the config's objective (``step.corruption_objective``, a fixed key per image), Eq. (1) confusion, the
-classifier's accuracy on the occluded images, the occluded area, objective + lambda_reg x area, and the GT-known
-accuracy of the mask's Sec. 3.2 box (``evaluate.paper_boxes``, IoU >= 0.5). ``verdict`` reads the table: does the
-objective prefer the object to the best mask the optimiser finds, and does the network reach it?
-Written to ``DIR/diagnose/`` (--workdir) or ``--out`` (--classifier): ``table.md`` and ``diagnose.json``.
+Scores the candidate masks (``ROWS``, Sec. 2.2): objective, Eq. (1), Sec. 3.2 box (``evaluate_masks``). ``verdict``
+reads the table. Writes ``table.md`` and ``diagnose.json`` to ``DIR/diagnose/`` (--workdir) or ``--out`` (--classifier).
 """
 
 import functools
@@ -50,6 +33,20 @@ from perturb_jax.runtime.cli import parse_flags  # noqa: E402
 from eval.errors import ConfigError  # noqa: E402
 from perturb_jax.runtime import vgg  # noqa: E402
 
+# The table's rows: each candidate occlusion mask is one 0/1 decision per superpixel broadcast to its pixels, as in
+# training (Sec. 2.2):
+#   none                     nothing occluded;
+#   object                   the superpixels >= 50% inside the object's pixel mask (data with masks);
+#   touching                 every superpixel with a pixel in the object's mask (data with masks);
+#   box                      the superpixels >= 50% inside the true boxes;
+#   centred square           the superpixels >= 50% inside a centred square of the object's area (box area without
+#                            masks): the centre prior;
+#   network                  the corruption network's superpixel mean probability >= 0.5 (--workdir; given the
+#                            true label when ``aln.class_conditional``);
+#   optimum from nothing     per image, Adam (lr 0.1, --steps) on one logit per superpixel from 0 (p = 0.5) on the
+#                            config's objective + lambda_reg x area with training's Gumbel straight-through decisions,
+#                            then sigmoid >= 0.5 (the per-image bound: a corruption network amortises this search);
+#   optimum from the object  the same from logits +3 on the object's superpixels, -3 elsewhere (data with masks).
 ROWS = ("none", "object", "touching", "box", "centred square", "network", "optimum from nothing",
         "optimum from the object")
 DEFAULT_OUT = "/tmp/aln_diagnose"
@@ -155,9 +152,10 @@ def evaluate_masks(classifier_fn, params, images: np.ndarray, labels: np.ndarray
     """One table row: the (N, S) 0/1 ``decisions`` on uint8 ``images`` (N, H, W, 3) with int ``segments`` (N, H, W)
     against ``classifier_fn(params, normalised images) -> logits`` (jitted, ``params`` an argument).
 
-    Returns objective (the config's, mean), confusion (Eq. (1), mean), accuracy (on the occluded images), area
-    (occluded fraction), total (objective + lambda_reg x area), gt_known (the mask's Sec. 3.2 box with IoU >= 0.5
-    against a true box, over the images with boxes; None without boxes) and per_image (objective, area, iou).
+    Returns objective (the config's, ``step.corruption_objective`` with a fixed key per image, mean), confusion
+    (Eq. (1), mean), accuracy (on the occluded images), area (occluded fraction), total (objective + lambda_reg x
+    area), gt_known (the mask's Sec. 3.2 box, ``evaluate.paper_boxes``, with IoU >= 0.5 against a true box, over the
+    images with boxes; None without boxes) and per_image (objective, area, iou).
     """
     segments = np.asarray(segments, np.int32)
     decisions = np.asarray(decisions, np.float32)
@@ -245,7 +243,8 @@ def cell(value) -> str:
 
 
 def verdict(rows: dict, num_classes: int) -> str:
-    """One paragraph from the rows (name -> evaluate_masks' values). First, a classifier no better than
+    """One paragraph from the rows (name -> evaluate_masks' values): does the objective prefer the object to the
+    best mask the optimiser finds, and does the network reach it? First, a classifier no better than
     ``AT_CHANCE`` times chance on the unoccluded images leaves no game to play (a collapsed co-training, not the
     objective). The oracle is the best (lowest objective + lambda x area) of the masks that hide the object:
     'object', 'touching' and 'box', those the data allows (a mask of the superpixels mostly inside the object leaves
@@ -387,9 +386,11 @@ def _check_arguments(workdir, classifier, num_images, steps, lambda_reg, out) ->
 def run(config, workdir: str | None = None, classifier: str | None = None, num_images: int = 200, steps: int = 300,
         lambda_reg: float | None = None, out: str | None = None) -> dict:
     """The diagnostic of a trained ``workdir`` (its classifier and corruption network) or of a VGG19_bn
-    ``classifier`` checkpoint alone; prints the table and the verdict, writes them with the raw numbers
-    (``table.md``, ``diagnose.json``) to ``workdir/diagnose`` or ``out`` (default /tmp/aln_diagnose) and returns
-    what diagnose.json holds. ``lambda_reg`` defaults to the checkpoint's (workdir) or ``config.train.lambda_reg``."""
+    ``classifier`` checkpoint alone (folded), on the first ``num_images`` images of ``config.data.eval_split`` (at
+    ``aln.image_size``, SLIC superpixels as ``config.slic``), each mask of ``ROWS`` scored by ``evaluate_masks``;
+    prints the table and the verdict, writes them with the raw numbers (``table.md``, ``diagnose.json``) to
+    ``workdir/diagnose`` or ``out`` (default /tmp/aln_diagnose) and returns what diagnose.json holds.
+    ``lambda_reg`` defaults to the checkpoint's (workdir) or ``config.train.lambda_reg``."""
     _check_arguments(workdir, classifier, num_images, steps, lambda_reg, out)
     if config.data.name not in train.NUM_CLASSES:
         raise ConfigError(f"config.data.name: must be one of {sorted(train.NUM_CLASSES)}, got {config.data.name!r}")

@@ -2,15 +2,8 @@
 
   python -m aln_jax.experiments.per_image --config=configs/aln.py:paper --lambda_reg=4 --steps=300 --robust_steps=600
 
-No corruption network: for each evaluation image, ``aln_jax.experiments.diagnose.optimise_masks`` runs Adam on one logit per
-superpixel, minimising the config's objective + lambda_reg * occluded area with the same Gumbel-max straight-through
-decisions and fill as training (Sec. 2.2-2.3), against a fixed classifier (``--classifier``, the shipped VGG19_bn by
-default, its batch norms folded): the 'optimum from nothing' of ``aln_jax.experiments.diagnose``. A corruption network amortises
-exactly this optimisation, so its masks cannot localise better than these on the same classifier.
-``--robust_steps`` first fine-tunes the classifier on training images whose superpixels are occluded at random
-(a rate in [0, 0.5) per image, the config's fill), which stands in for the co-training that teaches it to ignore
-the occluders. Prints the classifier's accuracy on the images with the final masks (sigmoid >= 0.5) occluded, the
-occluded area and the ground-truth-known accuracy of the masks' Sec. 3.2 box (0.7 mean + 0.3 max, largest component).
+Prints the classifier's accuracy with ``aln_jax.experiments.diagnose``'s 'optimum from nothing' masks (Sec. 2.2-2.3)
+occluded, their area and their GT-known accuracy (Sec. 3.2 box); why this bounds the ALN: docs/design-notes.md.
 """
 
 import os
@@ -48,7 +41,8 @@ def _define_flags() -> None:
 def make_robust_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, s: step_lib.Settings):
     """``step(params, opt_state, x, segments, labels, key) -> (params, opt_state, accuracy)``: the classifier's
     cross-entropy on images with each superpixel occluded with probability rate ~ U[0, 0.5) per image (filled per
-    ``s.fill``), jitted."""
+    ``s.fill``), jitted. ``--robust_steps`` of it first fine-tune the classifier on training images occluded so at
+    random, which stands in for the co-training that teaches it to ignore the occluders."""
 
     @jax.jit
     def step(params, opt_state, x, segments, labels, key):
@@ -96,9 +90,14 @@ def main(argv):
     segments = superpixels.slic_batch(images, sp.n_segments, sp.compactness, sp.sigma, sp.max_segments,
                                       sp.workers).astype(np.int32)
     classifier_fn = lambda p, x: nnx.merge(graphdef, p)(x)  # noqa: E731
+    # No corruption network: for each evaluation image, Adam on one logit per superpixel, minimising the config's
+    # objective + lambda_reg * occluded area with the same Gumbel-max straight-through decisions and fill as training
+    # (Sec. 2.2-2.3), against a fixed classifier (--classifier, the shipped VGG19_bn by default, its batch norms
+    # folded): the 'optimum from nothing' of ``aln_jax.experiments.diagnose``.
     logits = diagnose.optimise_masks(classifier_fn, params, images, labels, segments,
                                      np.zeros((len(images), s.num_segments), np.float32), s, FLAGS.lambda_reg,
                                      FLAGS.steps, FLAGS.learning_rate, c.eval.batch_size)
+    # The final masks are sigmoid >= 0.5; the Sec. 3.2 box is 0.7 mean + 0.3 max, largest component.
     row = diagnose.evaluate_masks(classifier_fn, params, images, labels, segments, (logits >= 0).astype(np.float32),
                                   s, FLAGS.lambda_reg, boxes, c.eval.batch_size)
     print(f"{len(images)} images, lambda_reg {FLAGS.lambda_reg}, {FLAGS.steps} steps: accuracy on corrupted images "

@@ -1,7 +1,11 @@
 """Captum's runs of the seven methods that follow it (``perturb_jax.methods``: gradient, guided backprop, Grad-CAM,
 guided Grad-CAM, Integrated Gradients, SmoothGrad, occlusion) on the torch replica, at our options and reduced to a
 map as ours are. Each is ``fn(torch_model, images_nchw, targets, **options) -> (B, H, W) numpy``; ``chunk_size``
-(network evaluations per pass, as ours) sets Captum's own batching where it has one."""
+(network evaluations per pass, as ours) sets Captum's own batching where it has one. Not run on its own:
+
+    python -m pytest tests/test_methods_captum.py
+    python -m benchmarks.methods  # all of Table 1's methods, these seven among them
+"""
 
 import numpy as np
 import torch

@@ -1,7 +1,9 @@
-"""PyTorch reference: torchvision's ``vgg19_bn`` rebuilt from scratch and the authors' perceptual-ball optimiser.
+"""PyTorch reference: torchvision's ``vgg19_bn`` rebuilt from scratch (the module layout, hence every ``state_dict``
+key, matches torchvision's; tensors are NCHW) and the authors' perceptual-ball optimiser (one ``LBFGS.step``).
+Needs torch (``pip install -e .[torch]``). Not run on its own: the parity tests and the benchmarks import it.
 
-Needs torch (``pip install -e .[torch]``); only tests, the benchmark and ``convert_weights`` (for ``.pth``) import it.
-The module layout, hence every ``state_dict`` key, matches torchvision's ``vgg19_bn``. Tensors are NCHW.
+    python -m pytest tests/test_convert_weights.py tests/test_benchmark.py
+    python -m benchmarks.explainer_vs_torch --models=embedded --batch_sizes_embedded=1
 """
 
 from typing import Iterable, Optional

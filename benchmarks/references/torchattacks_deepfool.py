@@ -1,5 +1,9 @@
 """torchattacks' DeepFool (``torchattacks.DeepFool``) on the torch replica, in the [0, 1] pixel space it attacks in:
-the replica is wrapped in a module that normalises its input with ``mean`` and ``std``."""
+the replica is wrapped in a module that normalises its input with ``mean`` and ``std``. Not run on its own:
+
+    python -m pytest tests/test_method_deepfool.py
+    python -m benchmarks.methods --methods=deepfool
+"""
 
 import numpy as np
 import torch

@@ -1,9 +1,10 @@
 """TorchRay's excitation backprop (``excitation_backprop``, ``contrastive_excitation_backprop``) on the torch
 replica at the options of ``perturb_jax.methods.excitation_backprop``: ``fn(torch_model, images_nchw, targets,
-**options) -> (B, H, W) numpy``.
+**options) -> (B, H, W) numpy``. Not run on its own:
 
-TorchRay's module imports torchvision's ResNet classes (only to patch ResNets' skip connections); where torchvision
-is not installed, stand-ins are put in ``sys.modules`` for that import and taken out after it."""
+    python -m pytest tests/test_method_excitation_backprop.py
+    python -m benchmarks.methods --methods=excitation_backprop
+"""
 
 import contextlib
 import importlib.util
@@ -14,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# TorchRay's module imports torchvision's ResNet classes (only to patch ResNets' skip connections); where
+# torchvision is not installed, stand-ins are put in ``sys.modules`` for that import and taken out after it.
 _STAND_IN_MODULES = ("torchvision", "torchvision.models", "torchvision.models.resnet")
 
 

@@ -1,7 +1,10 @@
 """TorchRay's ``extremal_perturbation`` on the torch replica, one image at a time (TorchRay takes one), at the options
 of ``perturb_jax.methods.extremal_perturbation``; the map as TorchRay's attribution benchmark makes it (each mask
-smoothed, ``smooth`` x the shorter side, then summed over areas). On a shared 2-core machine, run torch with one
-thread (``torch.set_num_threads(1)``): two OpenMP threads made it 10-30x slower there."""
+smoothed, ``smooth`` x the shorter side, then summed over areas). Not run on its own:
+
+    python -m pytest tests/test_method_extremal_perturbation.py
+    python -m benchmarks.methods --methods=extremal_perturbation
+"""
 
 import numpy as np
 import torch
@@ -14,6 +17,8 @@ from perturb_jax.methods import extremal_perturbation as ours
 FIXED = {"max_blur": 20.0, "learning_rate": 0.01, "momentum": 0.9, "regul_weight": 300.0, "regul_growth": 1.0035}
 
 
+# On a shared 2-core machine, run torch with one thread (``torch.set_num_threads(1)``): two OpenMP threads made it
+# 10-30x slower there.
 def run(torch_model, images_nchw, targets, **options) -> dict:
     """-> {"masks": (B, A, H, W) before smoothing, "saliency": (B, H, W), "image_areas": (B, A) mask means} as numpy
     (TorchRay returns the masks cropped to the image, not its full masks with their margin)."""

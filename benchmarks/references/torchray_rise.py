@@ -1,5 +1,10 @@
 """TorchRay's RISE (``torchray.attribution.rise``) on the torch replica: with TorchRay's own masks (a seed) or
-with given masks (its ``filter_masks``), so that ``perturb_jax.methods.rise`` can be fed the very same masks."""
+with given masks (its ``filter_masks``), so that ``perturb_jax.methods.rise`` can be fed the very same masks. Not run
+on its own:
+
+    python -m pytest tests/test_method_rise.py
+    python -m benchmarks.methods --methods=rise
+"""
 
 import numpy as np
 import torch

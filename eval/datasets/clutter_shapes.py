@@ -1,39 +1,8 @@
 """clutter_shapes: a synthetic localisation benchmark generated locally, with no download.
 
-Each image holds exactly one labelled object, one of ten parametric shapes (``CLASS_NAMES``), at a
-random scale (both sides of its tight box lie within 25-70% of the image side), position (uniform
-over the positions that keep it inside the image), rotation, mirroring and colour.  The background
-is a smooth random colour field (a coarse grid of random colours upsampled bicubically) overlaid
-with 5-9 clutter items: 3-5 strokes (thick quadratic Bezier curves) and 2-4 irregular blobs about
-the size of the objects.  Clutter and object colours alike are uniform random RGB colours that
-contrast with what they cover, so that neither colour nor edge saliency singles out the object.
-The object is drawn last: clutter touches or lies under it in almost every image but never hides
-it.  Fine uniform noise (standard deviation 0.02-0.06 of the range) covers the whole image.
-Without clutter (the ``plain`` config) an example is the same draw with its clutter left unpainted:
-the same label, mask, background and noise, the object's colour chosen against the background alone.
-
-Every example is drawn from its own generator,
-``np.random.default_rng((seed, SPLITS.index(split), index))``, so
-``render(image_size, seed, split, index, clutter)`` regenerates any example alone.  Examples are
-written unshuffled: position ``i`` of a split is the example of index ``i``, with ``image_id``
-``f"{split}_{i:05d}"``.
-
-Features:
-  image:    uint8 (S, S, 3);
-  mask:     uint8 (S, S, 1), 255 on the object's pixels and 0 elsewhere;
-  label:    ClassLabel over ``CLASS_NAMES``;
-  objects:  Sequence of one {'bbox': BBoxFeature}, the tight box of the mask, normalised as
-            (ymin, xmin, ymax, xmax) = (top, left, bottom + 1, right + 1) / S for inclusive pixel
-            rows top..bottom and columns left..right, so top = round(ymin * S) and
-            bottom = round(ymax * S) - 1;
-  image_id: text, ``f"{split}_{index:05d}"``.
-
-Splits: ``train`` and ``validation``.  The protocol divides ``validation`` into a tuning part,
-``validation[:1000]``, and an evaluation part, ``validation[1000:]``.
-
-Configs: ``default`` (64x64, 20000 train / 2000 validation), ``plain`` (the same examples without
-clutter) and ``tiny`` (32x32, 64 / 32, for tests); other sizes are one
-``ClutterShapesConfig(name=..., image_size=..., ...)`` away.
+Each image holds exactly one labelled object, one of ten parametric shapes (``CLASS_NAMES``), drawn over clutter
+(strokes and blobs) on a smooth random background, with its pixel mask and tight box. ``render`` regenerates any
+example alone; ``ClutterShapes`` lists the features, splits and configs; docs/design-notes.md, how it is drawn.
 """
 
 import dataclasses
@@ -120,7 +89,9 @@ _POLYGONS = _shape_polygons()
 
 
 def example_rng(seed, split, index):
-    """The generator that draws example ``index`` of ``split``."""
+    """The generator that draws example ``index`` of ``split``: every example is drawn from its own generator,
+    ``np.random.default_rng((seed, SPLITS.index(split), index))``, so ``render(image_size, seed, split, index,
+    clutter)`` regenerates any example alone."""
     return np.random.default_rng((seed, SPLITS.index(split), index))
 
 
@@ -370,7 +341,27 @@ class ClutterShapesConfig(tfds.core.BuilderConfig):
 
 
 class ClutterShapes(tfds.core.GeneratorBasedBuilder):
-    """One parametric shape on a cluttered background per image, with its class, box and mask."""
+    """One parametric shape on a cluttered background per image, with its class, box and mask.
+
+    Features:
+      image:    uint8 (S, S, 3);
+      mask:     uint8 (S, S, 1), 255 on the object's pixels and 0 elsewhere;
+      label:    ClassLabel over ``CLASS_NAMES``;
+      objects:  Sequence of one {'bbox': BBoxFeature}, the tight box of the mask, normalised as
+                (ymin, xmin, ymax, xmax) = (top, left, bottom + 1, right + 1) / S for inclusive pixel
+                rows top..bottom and columns left..right, so top = round(ymin * S) and
+                bottom = round(ymax * S) - 1;
+      image_id: text, ``f"{split}_{index:05d}"``.
+
+    Splits: ``train`` and ``validation``.  The protocol divides ``validation`` into a tuning part,
+    ``validation[:1000]``, and an evaluation part, ``validation[1000:]``.  Examples are written
+    unshuffled: position ``i`` of a split is the example of index ``i``, with ``image_id``
+    ``f"{split}_{i:05d}"``.
+
+    Configs: ``default`` (64x64, 20000 train / 2000 validation), ``plain`` (the same examples without
+    clutter) and ``tiny`` (32x32, 64 / 32, for tests); other sizes are one
+    ``ClutterShapesConfig(name=..., image_size=..., ...)`` away.
+    """
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}

@@ -1,11 +1,8 @@
 """A folder of the user's own photos (.jpg, .jpeg, .png, any case), in file-name order, label -1.
 
-Boxes are optional: ``photo.xml`` beside ``photo.jpg`` is read as Pascal-VOC (``voc_xml``; every object counts,
-whatever its name, since the label is unknown and the method explains the predicted class).  An image without an
-XML, or whose XML holds no object (what annotation tools write for an image with nothing marked), has zero boxes:
-it is explained but not scored.  ``data_config.folder`` is the folder; ``image_size`` and ``resize`` as in
-``preprocess``.  The split name is free ('all', 'train', ...); its slice applies to the sorted files.  An image that
-does not decode, or whose XML does not parse, yields ``preprocess.skipped``.
+Boxes are optional: ``photo.xml`` beside ``photo.jpg``, Pascal-VOC (``_examples``). ``data_config.folder`` is the
+folder; ``image_size`` and ``resize`` as in ``preprocess``. The split name is free ('all', 'train', ...); its slice
+applies to the sorted files. An image that does not decode, or whose XML does not parse, yields ``preprocess.skipped``.
 """
 
 import os
@@ -33,6 +30,10 @@ def load(data_config, split: str, rows=None):
 
 
 def _examples(data_config, names):
+    """The examples of ``names``. ``photo.xml`` beside ``photo.jpg`` is read as Pascal-VOC (``voc_xml``; every object
+    counts, whatever its name, since the label is unknown and the method explains the predicted class). An image
+    without an XML, or whose XML holds no object (what annotation tools write for an image with nothing marked), has
+    zero boxes: it is explained but not scored."""
     for name in names:
         path = os.path.join(data_config.folder, name)
         xml = os.path.splitext(path)[0] + ".xml"

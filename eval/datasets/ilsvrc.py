@@ -1,31 +1,8 @@
-"""ImageNet (ILSVRC-2012) validation images with the ILSVRC localisation boxes.
+"""ImageNet (ILSVRC-2012) validation images with the ILSVRC localisation boxes, through ``preprocess``.
 
-Design: the images are read straight from ``ILSVRC2012_img_val.tar`` (the file TFDS's ``imagenet2012`` builder takes
-from ``manual_dir``), joined by file name with a box table, and labelled with TFDS's own label tables.  The prepared
-TFDS split is not used, although TFDS 4.9 can prepare the validation split from that tar alone, because:
-  * TFDS shuffles examples (by hashed key) when it writes a split, so ``validation[:1000]`` of the prepared dataset
-    is a fixed but arbitrary set of images (its first five are val_00000007, 02, 04, 11, 01 on a 12-image tar),
-    not the first 1000 files; finding those files means reading all 50,000 records (6.4 GB) on every run;
-  * preparing copies the 6.4 GB tar into TFRecords just to read 1000 images from it;
-  * an uncompressed tar reads at random: the member headers are listed in seconds and each image is read at its
-    offset, so any order or slice costs only the images it holds.
-Labels equal TFDS's: the tables it ships, ``validation_labels.txt`` (the synset of each image, in file-name order)
-and ``labels.txt`` (the sorted synsets; the label is the index, the same as torchvision's ImageFolder index).
-
-``data_config`` fields:
-  manual_dir:  folder holding ``ILSVRC2012_img_val.tar`` (from image-net.org);
-  boxes:       ``ILSVRC2012_bbox_val_v3.tgz``, a folder of ``ILSVRC2012_val_XXXXXXXX.xml`` (the tgz's ``val/``),
-               or Kaggle's ``LOC_val_solution.csv`` (ImageId, PredictionString = 'synset xmin ymin xmax ymax ...',
-               the XMLs' numbers, hence the same 1-based inclusive convention; see ``voc_xml``);
-  order:       'file_name' (ILSVRC2012_val_00000001 first) or 'class_folder' (synset, then file name: the order of
-               torchvision's ImageFolder over a val/ sorted into class folders);
-  image_size, resize: see ``preprocess``.
-The split string (``validation`` only) slices that order: 'validation[:1000]' is the first 1000 images.
-
-Only boxes of the image's class are kept (in ILSVRC-2012 every box is).  A missing tar or box file raises
-FileNotFoundError naming the path expected.  A problem with one image (no entry in the box table, an XML without a
-box or that does not parse, an image that does not decode) yields ``preprocess.skipped`` (image_id, label and a
-one-line ``error``, no image) in its place, so a long run records it and goes on.
+The images are read straight from ``ILSVRC2012_img_val.tar`` (not from TFDS's prepared split: docs/design-notes.md
+says why), joined by file name with a box table (``read_boxes``) and labelled with TFDS's own label tables
+(``label_tables``). ``load`` lists the ``data_config`` fields.
 """
 
 import csv
@@ -43,7 +20,9 @@ ORDERS = ("file_name", "class_folder")
 
 @functools.cache
 def label_tables() -> tuple[list[str], list[str]]:
-    """(synsets in label order, synset of each validation image in file-name order), as TFDS ships them."""
+    """(synsets in label order, synset of each validation image in file-name order), as TFDS ships them in
+    ``labels.txt`` (the sorted synsets; the label is the index, the same as torchvision's ImageFolder index) and
+    ``validation_labels.txt``: labels equal TFDS's."""
     root = tfds.core.tfds_path("datasets/imagenet2012")
     return (root / "labels.txt").read_text().split(), (root / "validation_labels.txt").read_text().split()
 
@@ -119,7 +98,23 @@ def read_boxes(path: str, stems: set[str]) -> dict[str, list | str]:
 
 def load(data_config, split: str, rows=None):
     """(iterator of examples, number of examples) of ImageNet validation in ``data_config.order``, sliced by split
-    (``rows``: see ``eval.datasets.load``)."""
+    (``rows``: see ``eval.datasets.load``).
+
+    ``data_config`` fields:
+      manual_dir:  folder holding ``ILSVRC2012_img_val.tar`` (from image-net.org);
+      boxes:       ``ILSVRC2012_bbox_val_v3.tgz``, a folder of ``ILSVRC2012_val_XXXXXXXX.xml`` (the tgz's ``val/``),
+                   or Kaggle's ``LOC_val_solution.csv`` (ImageId, PredictionString = 'synset xmin ymin xmax ymax ...',
+                   the XMLs' numbers, hence the same 1-based inclusive convention; see ``voc_xml``);
+      order:       'file_name' (ILSVRC2012_val_00000001 first) or 'class_folder' (synset, then file name: the order of
+                   torchvision's ImageFolder over a val/ sorted into class folders);
+      image_size, resize: see ``preprocess``.
+    The split string (``validation`` only) slices that order: 'validation[:1000]' is the first 1000 images.
+
+    A missing tar or box file raises FileNotFoundError naming the path expected. A problem with one image (no entry
+    in the box table, an XML without a box or that does not parse, an image that does not decode) yields
+    ``preprocess.skipped`` (image_id, label and a one-line ``error``, no image) in its place, so a long run records it
+    and goes on.
+    """
     preprocess.check_mode(data_config.resize)
     if data_config.order not in ORDERS:
         raise ValueError(f"config.data.order must be one of {ORDERS}, got {data_config.order!r}")
@@ -148,7 +143,7 @@ def _examples(data_config, tar_path, members, names, synset_of, label_of, table)
             if isinstance(entry, str):
                 yield preprocess.skipped(name, label, entry)
                 continue
-            boxes = [box for s, box in entry if s == synset]
+            boxes = [box for s, box in entry if s == synset]  # only the image's class (in ILSVRC-2012 every box is)
             if not boxes:
                 yield preprocess.skipped(name, label, f"no box of class {synset} for {stem} in {data_config.boxes}")
                 continue

@@ -1,20 +1,8 @@
 """Decoding and geometric preprocessing of an image with its boxes, as torchvision does it on PIL images.
 
-Library: PIL (Pillow, already installed as a dependency of scikit-image).  The authors fed the network through
-torchvision transforms on PIL images, so decoding with PIL (``convert('RGB')``, as torchvision's default loader) and
-resizing with PIL's bilinear filter (antialiased when shrinking, which is what torchvision's ``Resize`` calls on a
-PIL image) reproduces their input pixels; scikit-image and tf.image resample differently.  Modes (``MODES``):
-
-  'squash':      ``Resize((S, S))``: both sides to S, aspect ratio ignored (the authors' way);
-  'resize_crop': ``Resize(R)`` then ``CenterCrop(S)`` with R = round(256 * S / 224) (256 for S = 224): the shorter
-                 side becomes R, the longer int(R * long / short) (torchvision truncates), and the crop starts at
-                 int(round((side - S) / 2)) (Python's round, half to even, as torchvision).
-
-Boxes are int32 (n, 4) inclusive pixel (ymin, xmin, ymax, xmax).  A box covers the continuous extent
-[ymin, ymax + 1) x [xmin, xmax + 1); resizing scales that extent and rounds each edge to the nearest pixel boundary
-(half up), so ymin' = floor(ymin * s + 1/2) and ymax' = floor((ymax + 1) * s + 1/2) - 1; a box too thin for that
-(ymax' < ymin') becomes the one pixel holding the centre of its scaled extent.  Cropping shifts boxes, clips them
-to the crop and drops the boxes that lie wholly outside it.
+Library: PIL (why: docs/design-notes.md). Modes (``MODES``): 'squash', torchvision's ``Resize((S, S))``
+(``squash``), and 'resize_crop', ``Resize(R)`` then ``CenterCrop(S)`` (``resize_crop``). Boxes are int32 (n, 4)
+inclusive pixel (ymin, xmin, ymax, xmax); resizing rounds their edges as ``scale_boxes`` says.
 """
 
 import io
@@ -45,7 +33,12 @@ def as_boxes(boxes) -> np.ndarray:
 
 
 def scale_boxes(boxes, scale_y: float, scale_x: float) -> np.ndarray:
-    """Inclusive pixel boxes of an image resized by (scale_y, scale_x)."""
+    """Inclusive pixel boxes of an image resized by (scale_y, scale_x).
+
+    A box covers the continuous extent [ymin, ymax + 1) x [xmin, xmax + 1); resizing scales that extent and rounds
+    each edge to the nearest pixel boundary (half up), so ymin' = floor(ymin * s + 1/2) and
+    ymax' = floor((ymax + 1) * s + 1/2) - 1; a box too thin for that (ymax' < ymin') becomes the one pixel holding the
+    centre of its scaled extent."""
     b = as_boxes(boxes).astype(np.float64)
     scale = np.array([scale_y, scale_x])
     return _round_extents(b[:, :2] * scale, (b[:, 2:] + 1) * scale)
@@ -68,7 +61,8 @@ def normalised_to_pixels(boxes, height: int, width: int) -> np.ndarray:
 
 
 def crop_boxes(boxes, top: int, left: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes in the height x width crop at (top, left), clipped to it, and the mask of input boxes that touch it."""
+    """Boxes in the height x width crop at (top, left), clipped to it, and the mask of input boxes that touch it:
+    cropping shifts boxes, clips them to the crop and drops the boxes that lie wholly outside it."""
     b = as_boxes(boxes) - np.array([top, left, top, left])
     keep = (b[:, 0] <= height - 1) & (b[:, 1] <= width - 1) & (b[:, 2] >= 0) & (b[:, 3] >= 0)
     b = np.clip(b, 0, [height - 1, width - 1, height - 1, width - 1])
@@ -80,14 +74,19 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def squash(image: np.ndarray, boxes, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """'squash': (size x size image, boxes, keep mask (all True))."""
+    """'squash': (size x size image, boxes, keep mask (all True)). ``Resize((S, S))``: both sides to S, aspect ratio
+    ignored (the authors' way)."""
     h, w = image.shape[:2]
     boxes = scale_boxes(boxes, size / h, size / w)
     return _resize(image, size, size), boxes, np.ones(len(boxes), bool)
 
 
 def resize_crop(image: np.ndarray, boxes, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """'resize_crop': (size x size image, boxes clipped to the crop, mask of the input boxes kept)."""
+    """'resize_crop': (size x size image, boxes clipped to the crop, mask of the input boxes kept).
+
+    ``Resize(R)`` then ``CenterCrop(S)`` with R = round(256 * S / 224) (256 for S = 224): the shorter side becomes R,
+    the longer int(R * long / short) (torchvision truncates), and the crop starts at int(round((side - S) / 2))
+    (Python's round, half to even, as torchvision)."""
     h, w = image.shape[:2]
     short = int(round(256 * size / 224))
     rh, rw = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)

@@ -1,6 +1,6 @@
 """The base configuration of the main job and its validation; ``configs/*.py`` start from ``get_config``.
 
-Every field can be overridden from the command line (``--config.method.perceptual_ball.lam_perceptual=1000``); the config is
+Every field can be overridden from the command line (``--config.method.rise.num_masks=500``); the config is
 locked, so a misspelt key fails. ``validate`` turns a bad value into a one-line ``ConfigError`` naming the field,
 before anything is loaded or compiled.
 """

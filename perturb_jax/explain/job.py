@@ -25,9 +25,8 @@ from tqdm import tqdm
 
 import eval.datasets
 from eval import boxes as box_ops
-from eval import scoring
 from perturb_jax import methods
-from perturb_jax.explain import config as config_lib, report, results_store
+from perturb_jax.explain import config as config_lib, report, results_store, scores
 from perturb_jax.runtime import checkpoint, distributed, sharding
 from perturb_jax.runtime import workdir as workdir_lib
 
@@ -251,7 +250,7 @@ def _check_splits(config, splits: dict) -> None:
 
 def _score_and_report(config, workdir: str) -> dict:
     tune, evaluation = (results_store.read_split(workdir, name, config.methods) for name in SPLITS)
-    summary, per_image = scoring.score(config, tune, evaluation)
+    summary, per_image = scores.score(config, tune, evaluation)
     report.write_all(workdir, config, summary, per_image, evaluation)
     return summary
 

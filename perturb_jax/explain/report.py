@@ -6,8 +6,13 @@ import os
 from skimage import io as skio
 
 from eval import report as eval_report
-from eval import scoring
 from perturb_jax import methods
+
+
+def method_label(config, method: str) -> str:
+    """The method's name in the tables and results (``Method.label`` of its options names the variant)."""
+    label = methods.get(method).label
+    return label(config.method[method]) if label else method
 
 
 def _settings(config, method: str) -> str:
@@ -35,7 +40,7 @@ def markdown_table(summary: dict, config) -> str:
     cols = list(strategies) + ["best on tuning", "MaxBoxAcc (IoU .3/.5/.7 mean)", "s / image", "settings"]
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for method in config.methods:
-        label = scoring.method_label(config, method)
+        label = method_label(config, method)
         r = errors[label]
         cells = [f"{r[s]['eval_error']:.3f} (α={r[s]['alpha']:g})" for s in strategies]
         cells.append(f"{r['best']['eval_error']:.3f} ({r['best']['strategy']})" if "best" in r else "-")
@@ -66,7 +71,7 @@ def write_all(workdir: str, config, summary: dict, per_image: list[dict], evalua
     images = evaluation["images"][: config.num_figures]
     columns = []
     for method in config.methods:
-        label = scoring.method_label(config, method)
+        label = method_label(config, method)
         best = summary.get("localisation_error", {}).get(label, {}).get("best", {})
         strategy = best.get("strategy", config.protocol.strategies[0])
         rows = [r for r in per_image if r["split"] == "eval" and r["method"] == label][: len(images)]

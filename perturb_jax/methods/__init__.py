@@ -47,11 +47,11 @@ def make_fn(name: str, graphdef: nnx.GraphDef, options: dict):
     return jax.jit(fn)
 
 
-def defaults_table() -> str:
-    """The README's table of every method's options: default and source (``tests/test_readme.py`` keeps the
-    README's copy equal to this)."""
+def defaults_table(names=NAMES) -> str:
+    """The table of the options of ``names``: default and source (``tests/test_readme.py`` keeps the README's and
+    docs/methods.md's copies equal to this)."""
     lines = ["| method | option | default | source |", "|---|---|---|---|"]
-    for name in NAMES:
+    for name in names:
         method = get(name)
         if not method.options:
             lines.append(f"| `{name}` | - | - | {method.citation} |")

@@ -1,16 +1,8 @@
 """DeepFool (Moosavi-Dezfooli et al. 2016, Algorithm 2): at x_i, with f'_k = f_k - f_t and w'_k = grad f'_k over
 the candidate classes k != t, step to the nearest linearised boundary l = argmin_k |f'_k| / ||w'_k||_2 (Eq. 8):
 r_i = |f'_l| w'_l / ||w'_l||^2 (Eq. 9), until argmax f(x_i) != t. The map is the per-pixel L2 norm over channels
-of the final perturbation x_adv - x, in [0, 1] pixel space.
-
-As torchattacks 3.5.1 ``DeepFool`` (the reference library), where it differs from the paper: the overshoot is
-applied to every step, x_{i+1} = clamp(x_i + (1 + overshoot) r_i, 0, 1) (the paper scales the total,
-x + (1 + overshoot) sum_i r_i, and does not clamp), and t is the given label (the target), not the prediction,
-so an image the model does not classify as t is left unchanged. ``candidates`` follows the authors' code
-(``num_classes=10``): the target and the 9 other highest-scoring classes of the clean image; torchattacks uses
-every class, which is the same when the model has at most ``candidates`` classes. Images are attacked together
-but independently: an image stops (is frozen) once fooled or after ``steps`` steps, as torchattacks' per-image
-loop.
+of the final perturbation x_adv - x, in [0, 1] pixel space. As torchattacks 3.5.1 ``DeepFool`` (the reference
+library); where that differs from the paper: ``attack``.
 """
 
 import jax
@@ -31,6 +23,15 @@ OPTIONS = {
 def attack(logits_fn, pixels, targets, steps, overshoot, candidates, chunk_size):
     """DeepFool on (B, H, W, C) ``pixels`` in [0, 1]; ``logits_fn(pixels) -> (B, classes)``. Returns (adversarial
     pixels, (B,) steps taken, (B,) fooled: argmax of the result != target).
+
+    As torchattacks 3.5.1 ``DeepFool`` (the reference library), where it differs from the paper: the overshoot is
+    applied to every step, x_{i+1} = clamp(x_i + (1 + overshoot) r_i, 0, 1) (the paper scales the total,
+    x + (1 + overshoot) sum_i r_i, and does not clamp), and t is the given label (the target), not the prediction,
+    so an image the model does not classify as t is left unchanged. ``candidates`` follows the authors' code
+    (``num_classes=10``): the target and the 9 other highest-scoring classes of the clean image; torchattacks uses
+    every class, which is the same when the model has at most ``candidates`` classes. Images are attacked together
+    but independently: an image stops (is frozen) once fooled or after ``steps`` steps, as torchattacks' per-image
+    loop.
 
     Each iteration steps every image still running (not fooled, fewer than ``steps`` steps), those images gathered
     in passes of ``group`` images x (candidates - 1) VJPs <= ``chunk_size`` network evaluations, the last fewer

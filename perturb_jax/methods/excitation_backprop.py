@@ -1,12 +1,10 @@
 """Excitation backprop (Zhang et al. 2016/2018, "Top-down neural attention by excitation backprop"), as TorchRay's
-``excitation_backprop`` and ``contrastive_excitation_backprop``.
-
-The one-hot of the target is passed down as a winning probability: a linear layer (convolution, linear, average
-pool) passes to its input j the probability P(a_j) = x_j sum_i W+_ij P(a_i) / sum_k W+_ik x_k (the paper's
-P(a_j|a_i) = Z_i x_j W+_ij; the model's ``backward="excitation"``). The map is the sum over channels of P at the
-saliency layer's output. Contrastive top-down attention subtracts, at the contrast layer, the probability of the
-"non-target" made by negating the last layer's weight (W -> -W), and keeps the positive part of the map. The map
-is upsampled to the image."""
+``excitation_backprop`` and ``contrastive_excitation_backprop`` (the contrastive variant: ``excitation_map``). The
+target's one-hot is passed down as a winning probability: a linear layer (convolution, linear, average pool) passes
+to its input j P(a_j) = x_j sum_i W+_ij P(a_i) / sum_k W+_ik x_k (the paper's P(a_j|a_i) = Z_i x_j W+_ij; the
+model's ``backward="excitation"``). The map is the sum over channels of P at the saliency layer's output, upsampled
+to the image.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +58,9 @@ def excitation_map(model, images, targets, saliency_layer: str, contrast_layer: 
     """sum_c p at ``saliency_layer``, (B, h, w), before the clamp of the contrastive variant and any resizing.
 
     Contrastive: p at ``contrast_layer`` with the last weight negated is the contrast, subtracted from p arriving
-    there in a second pass with the true weights."""
+    there in a second pass with the true weights. Zhang et al.'s contrastive top-down attention subtracts, at the
+    contrast layer, the probability of the "non-target" made by negating the last layer's weight (W -> -W), and
+    keeps the positive part of the map (``excitation_backprop``'s clamp)."""
     if contrastive:
         contrast = excitation(negated_classifier(model), images, targets, contrast_layer)
         if contrast_layer == saliency_layer:

@@ -1,29 +1,8 @@
 """Extremal perturbations (Fong, Patrick, Vedaldi, ICCV 2019, "Understanding deep networks via extremal
 perturbations and smooth masks"), as TorchRay's ``extremal_perturbation`` computes them (preservation variant,
-simple reward, blur perturbation).
-
-For each area a, a smooth mask m_a (the paper's smooth masks: parameters mbar on a grid of ``step`` pixels, each
-pixel the smooth max over nearby parameters weighted by a kernel of width ``sigma``; TorchRay's ``MaskGenerator``)
-maximises Phi(m_a (x) x) - lambda ||vecsort(m_a) - r_a||^2 (the extremal perturbation of area a, its area
-constraint as the paper's ranking penalty): Phi the target logit of the image blurred where the mask is 0 (the
-paper's blur perturbation, TorchRay's perturbation pyramid), r_a the sorted reference mask with a fraction a of
-ones. TorchRay's optimiser: SGD with momentum 0.9 and dampening 0.9, lr 0.01, the parameters clipped to [0, 1]
-after every step, lambda = 300 growing by 1.0035 per iteration, the image flipped left-right on iterations 0, 2,
-4, ... (``jitter``). TorchRay returns the mask of the last iteration's forward pass (made before that iteration's
-step, which is therefore skipped here).
-
-Where TorchRay and the paper differ, this follows TorchRay: the area term is a mean over the pixels, and the mask
-it sorts is TorchRay's full mask, the image plus a margin of ``sigma`` pixels on every side, so a mask of area a
-covers about a * (H + 2 sigma)(W + 2 sigma) / HW of the image: 1.35 a at 224 x 224, 2.7 a at 64 x 64 (the paper's
-Omega is the image).
-
-Randomness: none. The parameters start at 1 everywhere (TorchRay) and the jitter alternates deterministically, so
-the result is a function of the image alone; ``key`` is unused.
-
-Output: ``saliency`` is TorchRay's attribution benchmark's map: each mask smoothed by a Gaussian of sigma
-``smooth`` times the image's shorter side (TorchRay's ``smooth``), then the masks summed over areas. Masks are
-made at the image size, so TorchRay's resize to the image is the identity here. ``areas`` (B, A) is the mean of
-each full mask (what the constraint targets), ``image_areas`` (B, A) its mean over the image alone.
+simple reward, blur perturbation): for each area a, a smooth mask m_a maximises Phi(m_a (x) x) - lambda
+||vecsort(m_a) - r_a||^2 (``extremal_masks``); the map sums the smoothed masks over areas (``explain``). Where
+TorchRay and the paper differ, this follows TorchRay (``area_loss``).
 """
 
 import dataclasses
@@ -302,7 +281,12 @@ def _top_split(flat: jax.Array, counts: jax.Array) -> tuple[jax.Array, jax.Array
 def area_loss(full_masks: jax.Array, areas) -> jax.Array:
     """||vecsort(m) - r_a||^2 / N for each full mask m (..., A, h, w) and its area (the paper's area term as
     TorchRay averages it) -> (..., A). Computed as (sum m^2 - 2 sum_top m + n_a) / N, sum_top over the n_a entries
-    the sort ranks against ones; the gradient is 2 (m - [m ranked top]) / N, as through the sort."""
+    the sort ranks against ones; the gradient is 2 (m - [m ranked top]) / N, as through the sort.
+
+    Where TorchRay and the paper differ, this follows TorchRay: the area term is a mean over the pixels, and the mask
+    it sorts is TorchRay's full mask, the image plus a margin of ``sigma`` pixels on every side, so a mask of area a
+    covers about a * (H + 2 sigma)(W + 2 sigma) / HW of the image: 1.35 a at 224 x 224, 2.7 a at 64 x 64 (the
+    paper's Omega is the image)."""
     n = full_masks.shape[-1] * full_masks.shape[-2]
     counts = jnp.asarray(top_counts(areas, n))
 
@@ -350,7 +334,16 @@ def extremal_masks(model, images: jax.Array, targets: jax.Array, options: dict) 
     """The masks after ``options["iterations"]`` iterations, one per image and area, all optimised together in one
     ``lax.scan`` (images and areas are independent: the network is in eval mode): (cropped to the image
     (B, A, H, W), full with TorchRay's margin (B, A, shape_out)). TorchRay's SGD: buf = g at the first step, then
-    buf = momentum buf + (1 - dampening) g with dampening = momentum; mbar <- clip(mbar - lr buf, 0, 1)."""
+    buf = momentum buf + (1 - dampening) g with dampening = momentum; mbar <- clip(mbar - lr buf, 0, 1).
+
+    For each area a, a smooth mask m_a (the paper's smooth masks: parameters mbar on a grid of ``step`` pixels, each
+    pixel the smooth max over nearby parameters weighted by a kernel of width ``sigma``; TorchRay's
+    ``MaskGenerator``) maximises Phi(m_a (x) x) - lambda ||vecsort(m_a) - r_a||^2 (the extremal perturbation of area
+    a, its area constraint as the paper's ranking penalty): Phi the target logit of the image blurred where the mask
+    is 0 (the paper's blur perturbation, TorchRay's perturbation pyramid), r_a the sorted reference mask with a
+    fraction a of ones. TorchRay's optimiser: SGD with momentum 0.9 and dampening 0.9, lr 0.01, the parameters
+    clipped to [0, 1] after every step, lambda = 300 growing by 1.0035 per iteration, the image flipped left-right on
+    iterations 0, 2, 4, ... (``jitter``)."""
     h, w = images.shape[1:3]
     areas = tuple(float(a) for a in options["areas"])
     geom = MaskGeometry((h, w), int(options["step"]), float(options["sigma"]))
@@ -368,6 +361,8 @@ def extremal_masks(model, images: jax.Array, targets: jax.Array, options: dict) 
         buf = jnp.where(t == 0, grad, momentum * buf + (1 - momentum) * grad)
         return (jnp.clip(pmask - lr * buf, 0.0, 1.0), buf), None
 
+    # TorchRay returns the mask of the last iteration's forward pass (made before that iteration's step, which is
+    # therefore skipped here).
     updates = int(options["iterations"]) - 1
     pmask = jnp.ones((images.shape[0], len(areas), *geom.shape_in), images.dtype)
     xs = (jnp.arange(updates), jnp.asarray(regul_weights(options, updates)))
@@ -384,6 +379,12 @@ def saliency_from_masks(masks: jax.Array, smooth: float) -> jax.Array:
 
 
 def explain(model, images, targets, key, options):
+    """``saliency`` is TorchRay's attribution benchmark's map: each mask smoothed by a Gaussian of sigma ``smooth``
+    times the image's shorter side (TorchRay's ``smooth``), then the masks summed over areas. Masks are made at the
+    image size, so TorchRay's resize to the image is the identity here. ``areas`` (B, A) is the mean of each full mask
+    (what the constraint targets), ``image_areas`` (B, A) its mean over the image alone."""
+    # Randomness: none. The parameters start at 1 everywhere (TorchRay) and the jitter alternates deterministically,
+    # so the result is a function of the image alone; ``key`` is unused.
     del key
     b = images.shape[0]
     per_pass = common.samples_per_pass(options["chunk_size"], len(options["areas"]), b)

@@ -1,12 +1,7 @@
 """RISE (Petsiuk et al. 2018, Eq. 6): S_t = 1/(N p) sum_i P_t(x * M_i) M_i over N random masks M_i, each a random
 binary ``num_cells`` x ``num_cells`` grid (a cell is 1 with probability ``p``) upsampled bilinearly to
-(num_cells + 1) cells' size and cropped at a random shift of less than one cell.
-
-As TorchRay's ``rise`` (the reference library), which differs from the paper in two ways that we follow:
-P_t is the sigmoid of the logit (``torch.sigmoid(model(...))``; option ``score="softmax"`` is the paper's class
-probability), and the sum is divided by N, not N p (a constant factor). TorchRay's grid is reflection-padded by
-one cell before the upsampling (``_upsample_reflect``); masks multiply the normalised image, so a 0 is the mean
-colour. Our masks come from the PRNG key, one key per mask, so the map does not depend on ``chunk_size``.
+(num_cells + 1) cells' size and cropped at a random shift of less than one cell. As TorchRay's ``rise`` (the
+reference library), whose differences from the paper we follow: ``explain``.
 """
 
 import jax
@@ -121,6 +116,11 @@ def model_score(model, score: str):
 
 
 def explain(model, images, targets, key, options):
+    """As TorchRay's ``rise`` (the reference library), which differs from the paper in two ways that we follow:
+    P_t is the sigmoid of the logit (``torch.sigmoid(model(...))``; option ``score="softmax"`` is the paper's class
+    probability), and the sum is divided by N, not N p (a constant factor). TorchRay's grid is reflection-padded by
+    one cell before the upsampling (``_upsample_reflect``); masks multiply the normalised image, so a 0 is the mean
+    colour. Our masks come from the PRNG key, one key per mask, so the map does not depend on ``chunk_size``."""
     b, h, w, _ = images.shape
     n = options["num_masks"]
     per_pass = common.samples_per_pass(options["chunk_size"], b, n)

@@ -2,10 +2,7 @@
 
     python -m perturb_jax.runtime.convert_weights --torch_checkpoint=vgg19_bn-c79401a0.pth --out=DIR
 
-Parameters are mapped by key name: conv OIHW -> HWIO, BatchNorm weight/bias/running_mean/running_var ->
-scale/bias/mean/var, linear weights transposed, and ``classifier.0.weight`` permuted from torch's channel-first
-flattening of (C, 7, 7) to the NHWC flattening of ``VGG19BN``. ``num_batches_tracked`` is ignored. Only ``.pth``
-needs torch.
+Parameters are mapped by key name (``convert_state_dict``). Only ``.pth`` needs torch.
 """
 
 import json
@@ -134,6 +131,10 @@ def _infer_sizes(sd: dict, source: str) -> tuple[int, int]:
 def convert_state_dict(state_dict: dict[str, np.ndarray], num_classes: Optional[int] = None,
                        width_divisor: Optional[int] = None, *, source: str = "state_dict"):
     """Maps a torchvision ``vgg19_bn`` state_dict by key name to ``checkpoint.model_state``'s nested dict.
+
+    Conv OIHW -> HWIO, BatchNorm weight/bias/running_mean/running_var -> scale/bias/mean/var, linear weights
+    transposed, and ``classifier.0.weight`` permuted from torch's channel-first flattening of (C, 7, 7) to the NHWC
+    flattening of ``VGG19BN``. ``num_batches_tracked`` is ignored.
 
     Returns (pure_dict, num_classes, width_divisor); sizes not given are inferred from the shapes. ``source`` names
     the file in the one-line ``ConversionError`` for missing, unexpected or wrongly shaped keys.

@@ -7,7 +7,9 @@ cross-process collectives are gloo's. Must run before anything touches a JAX dev
 """
 
 import os
+import shutil
 import socket
+import sys
 import time
 
 import jax
@@ -17,6 +19,7 @@ from jax.experimental import multihost_utils
 
 from eval.errors import ConfigError
 
+_LOGGED = False  # log_backend says it once per process
 _TPU_POD_VARIABLES = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "CLOUD_TPU_TASK_ID")
 
 
@@ -45,12 +48,35 @@ def _reachable(address: str, timeout: float) -> bool:
 
 
 def initialize(cfg) -> None:
-    """Initialises the distributed runtime as ``cfg`` (a ``distributed`` ConfigDict) and the environment ask.
+    """Initialises the distributed runtime as ``cfg`` (a ``distributed`` ConfigDict) and the environment ask, then
+    says which backend runs (``log_backend``).
 
     ``cfg`` fields: ``mode`` ('auto', 'on', 'off'), ``coordinator_address`` ('host:port'), ``num_processes``,
     ``process_id`` (-1: let JAX detect), ``initialization_timeout`` (seconds). A coordinator that cannot be reached
     in time is a one-line ``ConfigError`` naming the address.
     """
+    _join(cfg)
+    log_backend()
+
+
+def log_backend() -> None:
+    """Prints (process 0, once) the backend and devices JAX runs on; warns when a CUDA GPU is present but JAX runs
+    on the CPU (a CPU-only jaxlib: ``pip install -U "jax[cuda12]"``)."""
+    global _LOGGED
+    if _LOGGED:
+        return
+    _LOGGED = True
+    devices = jax.devices()
+    if jax.process_index() == 0:
+        kinds = sorted({d.device_kind for d in devices})
+        print(f"JAX backend: {jax.default_backend()}, {len(devices)} device(s) ({', '.join(kinds)}), "
+              f"{jax.process_count()} process(es)", file=sys.stderr, flush=True)
+    if jax.default_backend() == "cpu" and shutil.which("nvidia-smi"):
+        logging.warning("a CUDA GPU is present but JAX runs on the CPU: install a CUDA jaxlib with "
+                        'pip install -U "jax[cuda12]" (README: "Installs for GPUs and TPUs")')
+
+
+def _join(cfg) -> None:
     if cfg.mode == "off" or jax.distributed.is_initialized():
         return
     environment = _detected()

@@ -61,8 +61,12 @@ def fingerprint(config: ml_collections.ConfigDict, ignore=()) -> dict:
 
 
 def check_fingerprint(config: ml_collections.ConfigDict, workdir: str, ignore=(), write: bool = True) -> None:
-    """Stores the config in ``workdir/config.json`` (when ``write``); a resumed run must match the stored one."""
+    """Stores the config in ``workdir/config.json`` (when ``write``); a resumed run must match the stored one.
+    ``run_config.json`` holds the latest run's whole config, ``ignore``d fields included (``eval.collect`` reads it)."""
     fields = fingerprint(config, ignore)
+    if write:
+        _write_atomically(os.path.join(workdir, "run_config.json"), json.dumps(fingerprint(config), indent=2,
+                                                                                sort_keys=True))
     path = os.path.join(workdir, "config.json")
     if os.path.exists(path):
         with open(path) as f:

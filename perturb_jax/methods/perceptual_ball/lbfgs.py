@@ -1,10 +1,7 @@
 """L-BFGS without line search, step for step as ``torch.optim.LBFGS(line_search_fn=None)``.
 
-The authors' code runs one ``LBFGS.step`` with lr 1, history 100 and ``max_iter`` iterations. Matching it needs the
-same first step (length ``min(1, 1/||g||_1) * lr``), the same curvature test (``y.s > 1e-10``), the same initial
-Hessian scale (``y.s / y.y``) and the same stopping tests; ``optax.lbfgs`` differs in all but the last, so this is
-written out. It minimises one flat vector; batches are ``vmap``ped, and a converged image stops changing while the
-others go on (``vmap`` of ``while_loop`` runs until every predicate is false, selecting per element).
+The perceptual ball authors' code runs one ``LBFGS.step`` with lr 1, history 100 and ``max_iter`` iterations;
+``minimize`` is that step, written out because ``optax.lbfgs`` does not match it.
 """
 
 from typing import Callable, NamedTuple
@@ -70,6 +67,12 @@ def minimize(value_and_grad: Callable, x0: jax.Array, *, max_iter: int, lr: floa
              tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9, max_eval: int | None = None,
              axis_name: str | None = None) -> LbfgsResult:
     """Minimises ``f`` from ``x0`` (a flat vector) as one ``torch.optim.LBFGS.step`` with no line search.
+
+    Matching it needs the same first step (length ``min(1, 1/||g||_1) * lr``), the same curvature test
+    (``y.s > 1e-10``), the same initial Hessian scale (``y.s / y.y``) and the same stopping tests; ``optax.lbfgs``
+    differs in all but the last, so this is written out. Batches are ``vmap``ped, and a converged image stops
+    changing while the others go on (``vmap`` of ``while_loop`` runs until every predicate is false, selecting per
+    element).
 
     ``max_eval`` defaults to torch's ``max_iter * 5 // 4``; it counts the first evaluation and one per iteration.
     Under ``vmap(..., axis_name=axis_name)`` the loop runs while any image of the batch is still going (a ``psum``
