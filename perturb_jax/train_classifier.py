@@ -22,7 +22,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from eval.datasets import embedded
-from perturb_jax.runtime import checkpoint, metrics_writer, sharding
+from perturb_jax.runtime import checkpoint, distributed, metrics_writer, sharding
 from perturb_jax.runtime.vgg import VGG19BN
 
 AUGMENTATIONS = ("dihedral", "none")
@@ -157,6 +157,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and m
 
 def main(argv):
     del argv
+    distributed.log_backend()
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

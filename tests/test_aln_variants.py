@@ -14,7 +14,8 @@ import pytest
 from flax import nnx
 
 from aln_jax import config as config_lib, masking, models, objectives, step as step_lib, train
-from eval.errors import ConfigError, EMBEDDED_CHECKPOINT
+from eval.errors import ConfigError
+from perturb_jax.runtime.checkpoint import EMBEDDED as EMBEDDED_CHECKPOINT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -329,3 +329,7 @@ def test_a_real_tiny_explain_run_and_its_copy_without_results(tmp_path):
     with open(tmp_path / "real" / "maps" / "perceptual_ball" / "options.json") as f:
         options = json.load(f)
     assert options and all(result["runs"][0].fields[f"method.perceptual_ball.{k}"] == v for k, v in options.items())
+    # run_config.json holds the whole config, the fields config.json leaves out (they change no result) included.
+    fields = result["runs"][0].fields
+    assert (fields["num_figures"], fields["chunk_size"], fields["methods"]) == (
+        config.num_figures, config.chunk_size, list(config.methods))

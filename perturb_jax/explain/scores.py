@@ -68,8 +68,8 @@ def score(config: ml_collections.ConfigDict, tune: dict, evaluation: dict) -> tu
         seconds, images = sum(t[0] for t in totals), sum(t[1] for t in totals)
         summary["seconds_per_image"][label] = seconds / images if images else None
     for m in config.methods:
-        if methods.get(m).summarise and f"{m}/saliency" in evaluation:
-            summary[m] = method_summary(m, splits)
+        if methods.get(m).summarise and f"{m}/saliency" in evaluation and (figures := method_summary(m, splits)):
+            summary[m] = figures
 
     def scoring_split(name: str, m: str) -> scoring.Split:
         if (name, m) not in frames:

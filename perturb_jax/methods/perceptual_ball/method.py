@@ -44,7 +44,10 @@ def label(options: dict) -> str:
 
 
 def summarise(diagnostics: dict) -> dict:
-    """The share of images whose perturbation flipped the class (margin after <= 0) and the mean L-BFGS steps."""
+    """The share of images whose perturbation flipped the class (margin after <= 0) and the mean L-BFGS steps;
+    nothing without those diagnostics."""
+    if not {"margin_adv", "steps"} <= diagnostics.keys():
+        return {}
     return {"adversarial_success": float(np.mean(diagnostics["margin_adv"] <= 0)),
             "mean_steps": float(np.mean(diagnostics["steps"]))}
 
