@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ilsvrc_fixtures import add, encode_pixels, stem, voc
+from ilsvrc_fixtures import add, encode_pixels, random_state_dict, stem, voc
 from torch_fixtures import random_torch_model
 from PIL import Image
 
@@ -27,7 +27,6 @@ from eval.datasets import ilsvrc
 from perturb_jax.runtime import checkpoint, convert_weights
 from perturb_jax.explain import job as explain
 from perturb_jax import methods
-from perturb_jax.runtime.vgg import RELU_TO_TORCH_INDEX, VGG19_CFG
 
 GUIDED = Path(__file__).resolve().parents[1] / "configs" / "guided.py"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -123,27 +122,6 @@ def tree(tmp_path_factory):
         for k, (_, _, objects) in IMAGES.items():
             add(tar, f"val/{stem(k)}.xml", voc(objects, stem(k)).encode())
     return root
-
-
-def random_state_dict(seed=0, num_classes=1000) -> dict:
-    """A torchvision ``vgg19_bn`` state_dict (narrowed by WIDTH_DIVISOR) of random numpy weights and BN statistics."""
-    rng = np.random.default_rng(seed)
-    sd, c_in = {}, 3
-    for k, c_out in enumerate(v // WIDTH_DIVISOR for v in VGG19_CFG if v != "M"):
-        conv = RELU_TO_TORCH_INDEX[k + 1] - 2
-        sd[f"features.{conv}.weight"] = rng.normal(0, np.sqrt(2 / (9 * c_out)), (c_out, c_in, 3, 3))
-        sd[f"features.{conv}.bias"] = rng.normal(0, 0.05, c_out)
-        bn = f"features.{conv + 1}."
-        sd[bn + "weight"], sd[bn + "bias"] = rng.uniform(0.5, 1.5, c_out), rng.normal(0, 0.2, c_out)
-        sd[bn + "running_mean"], sd[bn + "running_var"] = rng.normal(0, 0.2, c_out), rng.uniform(0.5, 2.0, c_out)
-        c_in = c_out
-    hidden = 4096 // WIDTH_DIVISOR
-    for i, (n_in, n_out) in zip((0, 3, 6), ((c_in * 49, hidden), (hidden, hidden), (hidden, num_classes))):
-        sd[f"classifier.{i}.weight"] = rng.normal(0, 0.01, (n_out, n_in))
-        sd[f"classifier.{i}.bias"] = rng.normal(0, 0.05, n_out)
-    out = {k: v.astype(np.float32) for k, v in sd.items()}
-    out.update({f"features.{relu - 1}.num_batches_tracked": np.array(7) for relu in RELU_TO_TORCH_INDEX.values()})
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from ilsvrc_fixtures import random_state_dict
 from PIL import Image
 
 nbformat = pytest.importorskip("nbformat")
@@ -125,27 +126,6 @@ NUM_FILES = 16
 WIDTH_DIVISOR = 16
 
 
-def random_vgg19_bn_state_dict(seed=0, num_classes=1000) -> dict:
-    """A torchvision ``vgg19_bn`` state_dict, widths divided by WIDTH_DIVISOR, random weights (numpy)."""
-    from perturb_jax.runtime.vgg import RELU_TO_TORCH_INDEX, VGG19_CFG
-
-    rng = np.random.default_rng(seed)
-    sd, c_in = {}, 3
-    for k, c_out in enumerate(v // WIDTH_DIVISOR for v in VGG19_CFG if v != "M"):
-        conv = RELU_TO_TORCH_INDEX[k + 1] - 2
-        sd[f"features.{conv}.weight"] = rng.normal(0, np.sqrt(2 / (9 * c_out)), (c_out, c_in, 3, 3))
-        sd[f"features.{conv}.bias"] = rng.normal(0, 0.05, c_out)
-        bn = f"features.{conv + 1}."
-        sd[bn + "weight"], sd[bn + "bias"] = rng.uniform(0.5, 1.5, c_out), rng.normal(0, 0.2, c_out)
-        sd[bn + "running_mean"], sd[bn + "running_var"] = rng.normal(0, 0.2, c_out), rng.uniform(0.5, 2.0, c_out)
-        c_in = c_out
-    hidden = 4096 // WIDTH_DIVISOR
-    for i, (n_in, n_out) in zip((0, 3, 6), ((c_in * 49, hidden), (hidden, hidden), (hidden, num_classes))):
-        sd[f"classifier.{i}.weight"] = rng.normal(0, 0.01, (n_out, n_in))
-        sd[f"classifier.{i}.bias"] = rng.normal(0, 0.05, n_out)
-    return {k: v.astype(np.float32) for k, v in sd.items()}
-
-
 def miniature_imagenet(root: pathlib.Path) -> None:
     """root/ILSVRC2012_img_val.tar, root/ILSVRC2012_bbox_val_v3.tgz (a striped box of the file's synset on a
     gradient) and root/vgg19_bn.npz."""
@@ -177,7 +157,7 @@ def miniature_imagenet(root: pathlib.Path) -> None:
                 f"<annotation><filename>{stem}</filename><object><name>{synsets[k - 1]}</name><bndbox>"
                 f"<xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
                 "</annotation>").encode())
-    np.savez(root / "vgg19_bn.npz", **random_vgg19_bn_state_dict())
+    np.savez(root / "vgg19_bn.npz", **random_state_dict(width_divisor=WIDTH_DIVISOR))
 
 
 @pytest.mark.slow
