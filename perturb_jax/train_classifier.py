@@ -111,6 +111,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     dropout_key = jax.random.key(config.seed)
     batch_sharding, _ = sharding.data_parallel()
     # Records at the global step (updates done); a resumed run drops those past its checkpoint.
+    if jax.process_index() == 0:
+        _add_steps(os.path.join(workdir, "metrics.jsonl"), steps_per_epoch)
     writer = metrics_writer.MetricsWriter(workdir, start_epoch * steps_per_epoch, active=jax.process_index() == 0,
                                           curves=CURVES)
     for epoch in range(start_epoch, config.num_epochs):
@@ -153,6 +155,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Classifier config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+
+
+def _add_steps(path: str, steps_per_epoch: int) -> None:
+    """Gives the records of a workdir written before records carried their global step (one per epoch, ``epoch``
+    epochs done) that step, so that a resumed run keeps them."""
+    records = metrics_writer.read_records(path)
+    if any("step" not in r for r in records):
+        with open(path, "w") as f:
+            f.writelines(json.dumps({"step": r.get("step", r["epoch"] * steps_per_epoch), **r}) + "\n"
+                         for r in records)
 
 
 def main(argv):

@@ -28,11 +28,18 @@ def test_train_export_and_resume(tmp_path):
     assert [e["epoch"] for e in epochs] == [1] and np.isfinite(epochs[0]["loss"])
     model = checkpoint.load_model(result["export_dir"])
     assert model.fc[2].kernel.shape == (512, 10)
-    # A longer run on the same workdir starts from the saved epoch instead of the beginning.
+    # A longer run on the same workdir starts from the saved epoch instead of the beginning; its first record is
+    # rewritten as a workdir of the time before records carried their step and learning rate, and is kept.
+    steps_per_epoch = epochs[0]["step"]
+    with open(work / "metrics.jsonl", "w") as f:
+        f.write(json.dumps({k: v for k, v in epochs[0].items() if k not in ("step", "learning_rate")}) + "\n")
     config.num_epochs = 2
     train_classifier.train_and_evaluate(config, str(work))
     with open(work / "metrics.jsonl") as f:
-        assert [json.loads(line)["epoch"] for line in f] == [1, 2]
+        records = [json.loads(line) for line in f]
+    assert [(r["step"], r["epoch"]) for r in records] == [(steps_per_epoch, 1), (2 * steps_per_epoch, 2)]
+    assert records[0]["loss"] == epochs[0]["loss"] and "learning_rate" in records[1]
+    assert (work / "learning_curves.png").stat().st_size > 0
 
 
 def test_dihedral_augment_gives_the_eight_symmetries_of_the_square():

@@ -7,6 +7,7 @@ so the file holds one trajectory.
 import json
 import os
 
+import numpy as np
 from tqdm import tqdm
 
 CURVES = (("corruption_loss", "classifier_loss"), ("accuracy_corrupted", "accuracy_clean"), ("occluded_area",),
@@ -67,7 +68,7 @@ def plot_curves(records: list[dict], path: str, curves: tuple = CURVES) -> None:
     steps = [r["step"] for r in records]
     for ax, keys in zip(axes[0], curves):
         for k in keys:
-            ax.plot(steps, [r[k] for r in records], label=k)
+            ax.plot(steps, [r.get(k, np.nan) for r in records], label=k)  # older records may lack a key
         ax.set_xlabel("step")
         ax.set_yscale("log" if keys == ("lambda_reg",) else "linear")
         ax.legend(fontsize=8)
