@@ -32,10 +32,6 @@ METHOD = "aln"
 GRADIENT = "input_gradient"
 
 
-def _scored(split: dict) -> np.ndarray:
-    return np.array([len(b) > 0 for b in split.get("boxes", [])], bool)
-
-
 def _maps(split: dict, key: str) -> scoring.Split:
     return scoring.Split(list(split.get(key, ())), split.get("boxes", []))
 
@@ -147,7 +143,7 @@ def score(config: ml_collections.ConfigDict, tune: dict, evaluation: dict, compa
     keep, paper = {}, {}
     for name, split in splits.items():
         n = len(split.get("image_id", ()))
-        keep[name] = _scored(split)
+        keep[name] = scoring.scored(split.get("boxes", []))
         summary["num_images"][name] = n
         summary["num_images"][f"{name}_scored"] = int(keep[name].sum())
         summary["skipped_images"] += [{"split": name, "image_id": str(i), "reason": str(r)} for i, r in

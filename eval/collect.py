@@ -152,15 +152,20 @@ def _explain_progress(workdir: str) -> str:
 
 def _aln_progress(workdir: str, fields: dict) -> str:
     steps = [int(name) for name in _listdir(os.path.join(workdir, "checkpoints")) if name.isdigit()]
-    try:
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            steps += [json.loads(line)["step"] for line in f if line.strip()]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    steps += _logged_steps(os.path.join(workdir, "metrics.jsonl"))
     if not steps:
         return ""
     total = fields.get("num_steps")
     return f"trained to step {max(steps)}" + (f" of {total}" if total else "")
+
+
+def _logged_steps(path: str) -> list:
+    """The steps of a ``metrics.jsonl``; none when it is missing or unreadable (the checkpoints still tell)."""
+    try:
+        with open(path) as f:
+            return [json.loads(line)["step"] for line in f if line.strip()]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _listdir(path: str) -> list:

@@ -50,7 +50,8 @@ class Split(NamedTuple):
     failed: np.ndarray | None = None
 
 
-def _scored(boxes) -> np.ndarray:
+def scored(boxes) -> np.ndarray:
+    """Which images are scored: those with at least one ground-truth box."""
     return np.array([len(b) > 0 for b in boxes], bool)
 
 
@@ -64,7 +65,7 @@ def _failed(split: Split) -> np.ndarray:
 
 def _sweep(settings: Settings, split: Split, alphas: dict) -> dict:
     """Each scored image's success at each alpha; a failed map fails at every alpha."""
-    keep = _scored(split.boxes)
+    keep = scored(split.boxes)
     success = protocol.sweep(_kept(split.maps, keep), _kept(split.boxes, keep), settings.strategies,
                              settings.largest_component, alphas)
     failed = _failed(split)[keep]
@@ -84,7 +85,7 @@ def score(settings: Settings, tune: Split | None, evaluation: Split) -> dict:
     tune = tune or Split([], [])
     strategies = settings.strategies
     alphas = {s: np.asarray(settings.alphas[s], float) for s in strategies}
-    num_scored = {"tune": int(_scored(tune.boxes).sum()), "eval": int(_scored(evaluation.boxes).sum())}
+    num_scored = {"tune": int(scored(tune.boxes).sum()), "eval": int(scored(evaluation.boxes).sum())}
     tuned = bool(num_scored["tune"] and num_scored["eval"])
     errors = max_box_acc = None
     if num_scored["eval"]:
@@ -96,7 +97,7 @@ def score(settings: Settings, tune: Split | None, evaluation: Split) -> dict:
             success = _sweep(settings, evaluation, given)
             errors = {s: {"alpha": float(given[s][0]), "eval_error": float(1 - success[s][:, 0].mean())}
                       for s in strategies}
-        keep = _scored(evaluation.boxes)
+        keep = scored(evaluation.boxes)
         max_box_acc = {str(k): v for k, v in protocol.max_box_acc(
             _kept(evaluation.maps, keep), _kept(evaluation.boxes, keep),
             interval=settings.max_box_acc_interval).items()}
@@ -117,7 +118,7 @@ def priors(tune_boxes, tune_sizes, eval_boxes, eval_sizes) -> dict:
     """The trivial baselines on the images with boxes (sizes: (H, W) of the boxes' pixels): centred_box
     (``protocol.centred_box_baseline``, its side chosen on the tuning split) when both splits have such images,
     whole_image {eval_error} when the evaluation split has; {} when it has none."""
-    keep_t, keep_e = _scored(tune_boxes), _scored(eval_boxes)
+    keep_t, keep_e = scored(tune_boxes), scored(eval_boxes)
     if not keep_e.any():
         return {}
     out = {}

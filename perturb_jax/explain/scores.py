@@ -53,7 +53,7 @@ def score(config: ml_collections.ConfigDict, tune: dict, evaluation: dict) -> tu
     for split_name, split in splits.items():
         ids = split.get("image_id", np.zeros(0, str))
         summary["num_images"][split_name] = len(ids)
-        summary["num_images"][f"{split_name}_scored"] = int(sum(len(b) > 0 for b in split.get("boxes", [])))
+        summary["num_images"][f"{split_name}_scored"] = int(scoring.scored(split.get("boxes", [])).sum())
         summary["skipped_images"] += [{"image_id": str(i), "reason": str(r)} for i, r in
                                       zip(split.get("skipped_id", []), split.get("skipped_reason", []))]
         if not len(ids):
